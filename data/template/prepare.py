@@ -1,0 +1,38 @@
+"""Template data set: tokenizes the input.txt beside this script into train.bin, val.bin, meta.json.
+
+Copy the folder, put your UTF-8 text in input.txt, run the copy, train (see README.md):
+
+    cp -r data/template data/mycorpus && cp my_text.txt data/mycorpus/input.txt
+    python data/mycorpus/prepare.py [--tokenizer char|byte|tiktoken] [--encoding gpt2]
+    python train.py --dataset mycorpus
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from data.prepare import prepare
+from data.tokenizer import TOKENIZERS
+from errors import UserError, run_cli
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="Tokenize input.txt beside this script.")
+    parser.add_argument("--tokenizer", default="char", choices=list(TOKENIZERS))
+    parser.add_argument("--encoding", default="gpt2", help="tiktoken encoding (only with --tokenizer tiktoken)")
+    parser.add_argument("--val_fraction", type=float, default=0.1)
+    args = parser.parse_args(argv)
+    text = HERE / "input.txt"
+    if not text.is_file():
+        raise UserError(f"{text} not found; put your UTF-8 training text there and run this script again")
+    return prepare([text], HERE, tokenizer=args.tokenizer, encoding=args.encoding, val_fraction=args.val_fraction)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

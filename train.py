@@ -1,0 +1,525 @@
+"""Train a GPT on a memmapped token data set; one process, or many with torchrun.
+
+    python data/shakespeare_char/prepare.py
+    python train.py --preset cpu                                   # ~5 min on 2 CPU cores
+    python train.py --preset cpu --softmax_variant_attn consmax --out_dir out/consmax
+    python train.py --out_dir out/consmax --init_from resume       # continue a stopped run
+    torchrun --standalone --nproc_per_node 4 train.py --preset gpt2
+    python train.py --list_variants
+
+Features: every component from the registry; warmup + cosine learning rate; gradient accumulation
+and clipping; bf16/fp16 autocast on CUDA; torch.compile; DistributedDataParallel (nccl on CUDA,
+gloo on CPU) with evaluation averaged over ranks; early stopping; limits on steps, seconds and
+tokens; atomic checkpoints holding model, optimiser, RNG and data-sampler state, so a resumed run
+(even after SIGKILL) reproduces the uninterrupted one's losses exactly on CPU.
+
+The run directory holds config.json (resolved settings), meta.json (the tokenizer), metrics.jsonl
+(one JSON record per log and eval step), summary.json and ckpt_best.pt / ckpt_last.pt.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import train_args
+from data.prepare import load_meta
+from errors import UserError, run_cli
+from gpt_conf import GPTConfig, pad_vocab
+from io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint
+from model import GPT, estimate_mfu, peak_flops
+from train_args import TrainConfig
+
+DATA_ROOT = Path(__file__).resolve().parent / "data"
+EVAL_SEED_OFFSET = 100_003  # evaluation batches come from their own generator: the same batches each eval
+
+
+# ---------------------------------------------------------------------------------------- setup
+def resolve_data_dir(dataset: str) -> Path:
+    """A path that exists as given, else a folder under data/."""
+    p = Path(dataset)
+    return p if p.is_dir() else DATA_ROOT / dataset
+
+
+def choose_device(name: str, local_rank: int | None) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda" and local_rank is not None:
+        name = f"cuda:{local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def choose_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def get_lr(it: int, tc: TrainConfig) -> float:
+    """Linear warmup over warmup_iters, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not tc.decay_lr:
+        return tc.learning_rate
+    if it < tc.warmup_iters:
+        return tc.learning_rate * (it + 1) / (tc.warmup_iters + 1)
+    decay_iters = tc.lr_decay_iters or tc.max_iters
+    if it >= decay_iters:
+        return tc.min_lr
+    ratio = (it - tc.warmup_iters) / (decay_iters - tc.warmup_iters)  # 0 -> 1
+    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (tc.learning_rate - tc.min_lr)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    if device.type == "mps":
+        return int(torch.mps.driver_allocated_memory())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+class Distributed:
+    """Rank and world of this process: torchrun's environment, or a single process."""
+
+    def __init__(self, device_name: str):
+        self.enabled = int(os.environ.get("RANK", -1)) != -1
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ["LOCAL_RANK"]) if self.enabled else None
+        self.device = choose_device(device_name, self.local_rank)
+        if self.enabled:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.master = self.rank == 0
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return t.item() / self.world_size
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is True on any (keeps stop decisions in step)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, obj) -> list:
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self):
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------- data
+class TokenData:
+    """Random (B, T) windows from train.bin / val.bin, reading through a fresh np.memmap per batch
+    (a long-lived memmap grows the process's memory as pages are touched; nanoGPT does the same)."""
+
+    def __init__(self, meta: dict, batch_size: int, block_size: int, device: torch.device):
+        self.meta, self.batch_size, self.block_size, self.device = meta, batch_size, block_size, device
+        self.dir = Path(meta["data_dir"])
+        self.dtype = np.dtype(meta["dtype"])
+        for split in ("train", "val"):
+            n = meta[f"{split}_tokens"]
+            if n <= block_size + 1:
+                raise UserError(f"--block_size {block_size} needs more than {block_size + 1} tokens, but the "
+                                f"{split} split of {self.dir} has {n}; lower --block_size or prepare more data")
+
+    def batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        data = np.memmap(self.dir / f"{split}.bin", dtype=self.dtype, mode="r")
+        ix = torch.randint(len(data) - self.block_size - 1, (self.batch_size,), generator=generator).tolist()
+        x = torch.from_numpy(np.stack([data[i:i + self.block_size].astype(np.int64) for i in ix]))
+        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size].astype(np.int64) for i in ix]))
+        if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+# ---------------------------------------------------------------------------------------- logging
+class Reporter:
+    """Progress on the terminal (a rich progress bar on a TTY, plain lines otherwise) and the run's
+    metrics.jsonl. Only rank 0 reports."""
+
+    def __init__(self, out_dir: Path, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self.progress = None
+        if not enabled:
+            return
+        from rich.console import Console
+        self.console = Console()
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console)
+            self.task = self.progress.add_task("train", total=total, completed=start, status="")
+            self.progress.start()
+
+    def record(self, rec: dict):
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def line(self, text: str):
+        if self.enabled:
+            (self.progress.console if self.progress else self.console).print(text, highlight=False, soft_wrap=True)
+
+    def advance(self, it: int, status: str):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=it, status=status)
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def truncate_metrics(path: Path, last_iter: int):
+    """On resume, drop records written after the checkpoint (and any half-written last line)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("iter", 0) <= last_iter:
+            kept.append(line)
+    atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """Model, optimiser and the counters of one run; train_step, evaluate, state_dict are separate."""
+
+    def __init__(self, model_config: GPTConfig, tc: TrainConfig, meta: dict, dd: Distributed):
+        self.tc, self.dd, self.device = tc, dd, dd.device
+        self.dtype = choose_dtype(tc.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if tc.gradient_accumulation_steps % dd.world_size:
+            raise UserError(f"--gradient_accumulation_steps {tc.gradient_accumulation_steps} must be divisible by "
+                            f"the number of processes ({dd.world_size})")
+        self.accum = tc.gradient_accumulation_steps // dd.world_size
+        self.tokens_per_iter = tc.batch_size * model_config.block_size * tc.gradient_accumulation_steps
+
+        torch.manual_seed(tc.seed)  # same initial weights on every rank
+        self.model = GPT(model_config).to(self.device)
+        self.optimizer = self.model.configure_optimizers(tc.weight_decay, tc.learning_rate,
+                                                         (tc.beta1, tc.beta2), self.device.type)
+        # fp16 needs loss scaling; bf16 and fp32 do not
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
+                         else nullcontext())
+        self.data = TokenData(meta, tc.batch_size, model_config.block_size, self.device)
+        self.train_gen = torch.Generator().manual_seed(tc.seed + dd.rank)  # per-rank data order
+        torch.manual_seed(tc.seed + dd.rank)  # dropout differs across ranks
+
+        self.iter_num, self.best_val_loss, self.best_iter = 0, float("inf"), None
+        self.evals_since_best, self.wall_time_prev, self.last_val_loss = 0, 0.0, None
+        self.net = self.model
+        if tc.compile:
+            self.net = torch.compile(self.net)
+        if dd.enabled:
+            self.net = DDP(self.net, device_ids=[dd.local_rank] if self.device.type == "cuda" else None)
+
+    # -- one optimiser step over `accum` micro-batches; returns the step's loss as a tensor
+    def train_step(self) -> torch.Tensor:
+        lr = get_lr(self.iter_num, self.tc)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.accum):
+            x, y = self.data.batch("train", self.train_gen)
+            sync = micro == self.accum - 1  # DDP: all-reduce gradients only on the last micro-batch
+            with (self.net.no_sync() if self.dd.enabled and not sync else nullcontext()), self.autocast:
+                _, loss = self.net(x, y)
+                loss = loss / self.accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if self.tc.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iter_num += 1
+        return total
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over eval_iters batches per split (the same batches every time), averaged over ranks."""
+        self.model.eval()
+        out = {}
+        for split in ("train", "val"):
+            gen = torch.Generator().manual_seed(self.tc.seed + EVAL_SEED_OFFSET + self.dd.rank)
+            losses = []
+            for _ in range(self.tc.eval_iters):
+                x, y = self.data.batch(split, gen)
+                with self.autocast:
+                    _, loss = self.model(x, y)
+                losses.append(loss.item())
+            out[split] = self.dd.mean(sum(losses) / len(losses))
+        self.model.train()
+        return out
+
+    # -- checkpoint state; every rank must call state_dict (it gathers the ranks' sampler states)
+    def state_dict(self, wall_time: float) -> dict:
+        rng = {"torch": torch.get_rng_state(), "data": self.dd.gather(self.train_gen.get_state())}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model_config": asdict(self.model.config), "train_config": asdict(self.tc),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "iter_num": self.iter_num,
+            "best_val_loss": self.best_val_loss, "best_iter": self.best_iter,
+            "evals_since_best": self.evals_since_best, "last_val_loss": self.last_val_loss,
+            "wall_time_s": wall_time, "rng": rng,
+        }
+
+    def load_state_dict(self, ckpt: dict):
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"checkpoint does not match the model it describes ({str(e).splitlines()[0]}); "
+                            "it is corrupt or from another version") from None
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.iter_num, self.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        self.best_iter, self.evals_since_best = ckpt["best_iter"], ckpt["evals_since_best"]
+        self.wall_time_prev, self.last_val_loss = ckpt["wall_time_s"], ckpt.get("last_val_loss")
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if self.dd.rank < len(rng["data"]):
+            self.train_gen.set_state(rng["data"][self.dd.rank])
+        elif self.dd.master:
+            print(f"warning: the checkpoint has data-sampler states for {len(rng['data'])} processes; "
+                  "new ones start fresh", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------- main
+def build_configs(settings: train_args.Settings, meta: dict, out_dir: Path) -> tuple[GPTConfig, TrainConfig, dict | None]:
+    """Model and training configs for a new run, or those stored in the checkpoint for a resume
+    (with the training settings the user gave on top; model settings cannot change)."""
+    tc = settings.train
+    if tc.init_from == "resume":
+        ckpt = load_checkpoint(out_dir / "ckpt_last.pt")
+        model_config = GPTConfig.from_dict(ckpt["model_config"])
+        for key, value in settings.model.items():
+            if getattr(model_config, key) != value:
+                raise UserError(f"--{key} {value} differs from the checkpoint's {getattr(model_config, key)}; "
+                                "the model cannot change on resume (drop the flag, or start a new --out_dir)")
+        saved = dict(ckpt["train_config"])
+        explicit = {k: v for k, v in asdict(tc).items() if k in settings.explicit or k in ("init_from", "out_dir")}
+        if "learning_rate" in explicit and "min_lr" not in explicit:
+            saved["min_lr"] = None  # re-derive from the new learning rate
+        tc = TrainConfig(**{**saved, **explicit})
+        return model_config, tc, ckpt
+    if (out_dir / "ckpt_last.pt").exists() and not tc.overwrite:
+        raise UserError(f"{out_dir} already holds a run; continue it with --init_from resume, start over with "
+                        "--overwrite, or choose another --out_dir")
+    model_kwargs = dict(settings.model)
+    model_kwargs.setdefault("vocab_size", pad_vocab(meta["vocab_size"]))
+    model_config = GPTConfig(**model_kwargs)
+    return model_config, tc, None
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    settings = train_args.parse_args(argv)
+    if settings.list_variants:
+        print_variants()
+        return None
+    tc = settings.train
+    out_dir = Path(tc.out_dir)
+    meta = load_meta(resolve_data_dir(tc.dataset))
+    model_config, tc, ckpt = build_configs(settings, meta, out_dir)
+    if model_config.vocab_size < meta["vocab_size"]:
+        raise UserError(f"--vocab_size {model_config.vocab_size} is smaller than the data set's vocabulary "
+                        f"({meta['vocab_size']}); drop the flag or raise it")
+
+    dd = Distributed(tc.device)
+    try:
+        return _train(model_config, tc, meta, ckpt, dd, out_dir)
+    finally:
+        dd.close()
+
+
+def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | None, dd: Distributed,
+           out_dir: Path) -> dict:
+    trainer = Trainer(model_config, tc, meta, dd)
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt)
+        del ckpt
+    model = trainer.model
+    start_iter = trainer.iter_num
+    peak = tc.peak_flops or peak_flops(trainer.device, trainer.dtype)
+
+    if dd.master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if tc.init_from == "scratch":  # --overwrite: clear the old run's files
+            for name in ("metrics.jsonl", "summary.json", "ckpt_best.pt", "ckpt_last.pt"):
+                (out_dir / name).unlink(missing_ok=True)
+        else:
+            truncate_metrics(out_dir / "metrics.jsonl", start_iter)
+        atomic_write_json(out_dir / "config.json", train_args.resolved_dict(model_config, tc))
+        atomic_write_json(out_dir / "meta.json", {k: v for k, v in meta.items() if k != "data_dir"})
+    report = Reporter(out_dir, tc.max_iters, start_iter, dd.master)
+    report.line(f"{'resuming' if start_iter else 'training'} {model.num_params() / 1e6:.2f}M parameters on "
+                f"{trainer.device} ({str(trainer.dtype).removeprefix('torch.')}, {dd.world_size} process(es)), "
+                f"{trainer.tokens_per_iter:,} tokens/step, from step {start_iter} -> {out_dir}")
+
+    t_start = time.time()
+    train_time, timed_iters = 0.0, 0  # optimiser steps only (no eval), excluding this process's first step
+    last_loss, stop_reason, loss = None, None, None
+    resumed = tc.init_from == "resume"
+
+    def wall() -> float:
+        return trainer.wall_time_prev + time.time() - t_start
+
+    def make_summary(status: str) -> dict:
+        tokens_per_s = trainer.tokens_per_iter / (train_time / timed_iters) if timed_iters else None
+        return {
+            "status": status, "stop_reason": stop_reason,
+            "best_val_loss": trainer.best_val_loss if math.isfinite(trainer.best_val_loss) else None,
+            "best_iter": trainer.best_iter, "final_val_loss": trainer.last_val_loss,
+            "final_train_loss": last_loss, "iters": trainer.iter_num,
+            "tokens": trainer.iter_num * trainer.tokens_per_iter, "num_params": model.num_params(),
+            "iter_time_ms": 1000 * train_time / timed_iters if timed_iters else None,
+            "tokens_per_s": tokens_per_s,
+            "mfu": estimate_mfu(model, tokens_per_s, peak) if tokens_per_s else None,
+            "peak_memory_bytes": peak_memory_bytes(trainer.device), "wall_time_s": wall(),
+            "device": str(trainer.device), "dtype": str(trainer.dtype).removeprefix("torch."),
+            "world_size": dd.world_size,
+        }
+
+    def checkpoint(best: bool):
+        state = trainer.state_dict(wall())  # collective: every rank
+        if dd.master:
+            atomic_torch_save(out_dir / "ckpt_last.pt", state)
+            if best:
+                atomic_torch_save(out_dir / "ckpt_best.pt", state)
+
+    try:
+        while True:
+            it = trainer.iter_num
+            done = it >= tc.max_iters or stop_reason is not None
+            # a resumed run's first step was evaluated right before its checkpoint was written
+            if (it % tc.eval_interval == 0 or done) and not (resumed and it == start_iter):
+                losses = trainer.evaluate()
+                improved = losses["val"] < trainer.best_val_loss
+                if improved:
+                    trainer.best_val_loss, trainer.best_iter, trainer.evals_since_best = losses["val"], it, 0
+                else:
+                    trainer.evals_since_best += 1
+                trainer.last_val_loss = losses["val"]
+                report.record({"iter": it, "type": "eval", "train_loss": losses["train"], "val_loss": losses["val"],
+                               "lr": get_lr(it, tc), "tokens": it * trainer.tokens_per_iter, "wall_time_s": wall()})
+                report.line(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                            f"{' (best)' if improved else ''}")
+                checkpoint(improved)
+                if dd.master:
+                    atomic_write_json(out_dir / "summary.json", make_summary("running"))
+                if tc.patience is not None and trainer.evals_since_best >= tc.patience and stop_reason is None:
+                    stop_reason = "patience"
+                    continue  # checkpoint and summary are written; the loop ends below
+            if done:
+                break
+
+            t0 = time.time()
+            loss = trainer.train_step()
+            it = trainer.iter_num
+            if it % tc.log_interval == 0 or it == tc.max_iters:
+                last_loss = loss.item()  # synchronises with the device
+            if trainer.device.type == "cuda" and it % tc.log_interval == 0:
+                torch.cuda.synchronize(trainer.device)
+            dt = time.time() - t0
+            if it > start_iter + 1:  # the first step of a process pays for compilation and warm-up
+                train_time, timed_iters = train_time + dt, timed_iters + 1
+            if it % tc.log_interval == 0:
+                lr = get_lr(it - 1, tc)
+                tps = trainer.tokens_per_iter * timed_iters / train_time if timed_iters else None
+                mfu = estimate_mfu(model, tps, peak) if tps else None
+                report.record({"iter": it, "type": "train", "loss": last_loss, "lr": lr,
+                               "tokens": it * trainer.tokens_per_iter, "iter_time_ms": 1000 * dt})
+                report.line(f"iter {it}: loss {last_loss:.4f}, lr {lr:.2e}, {1000 * dt:.1f}ms"
+                            + (f", mfu {100 * mfu:.1f}%" if mfu else ""))
+            report.advance(it, f"loss {last_loss:.4f}" if last_loss is not None else "")
+
+            if tc.max_seconds is not None and dd.any(wall() >= tc.max_seconds):  # ranks must agree
+                stop_reason = "max_seconds"
+            elif tc.max_tokens is not None and it * trainer.tokens_per_iter >= tc.max_tokens:
+                stop_reason = "max_tokens"
+    finally:
+        report.close()
+
+    if loss is not None:
+        last_loss = loss.item()  # the last step's loss, whatever the log interval
+    stop_reason = stop_reason or "max_iters"
+    result = make_summary("completed")
+    if dd.master:
+        atomic_write_json(out_dir / "summary.json", result)
+        best = f"{result['best_val_loss']:.4f}" if result["best_val_loss"] is not None else "n/a"
+        report.line(f"done ({stop_reason}): best val loss {best} at step {result['best_iter']}, "
+                    + (f"{result['tokens_per_s']:,.0f} tokens/s, " if result["tokens_per_s"] else "")
+                    + f"{result['wall_time_s']:.0f}s")
+    return result
+
+
+def print_variants():
+    from rich.console import Console
+    from rich.table import Table
+
+    from variations.registry import KINDS, describe
+    flag_of = {f.metadata["registry"]: f.name for f in fields(GPTConfig) if "registry" in f.metadata}
+    table = Table(title="registered components")
+    for col in ("kind", "flag", "name", "description"):
+        table.add_column(col)
+    for kind in KINDS:
+        for i, (name, doc) in enumerate(describe(kind)):
+            table.add_row(kind if i == 0 else "", f"--{flag_of.get(kind, '')}" if i == 0 else "", name, doc)
+        table.add_section()
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

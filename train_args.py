@@ -1,0 +1,258 @@
+"""Command-line and config-file settings of train.py, derived from the config dataclasses.
+
+Model flags come from `GPTConfig` (gpt_conf.py), training flags from `TrainConfig` below; each flag
+is spelled as its field and documented by the field's help text, and component choices come from
+the registry. Precedence, lowest to highest:
+
+    field defaults  <  --preset NAME  <  --config FILE.yaml|json  <  flags on the command line
+
+    python train.py --preset cpu --softmax_variant_attn consmax --max_iters 500
+    python train.py --config my_run.yaml --n_layer 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from errors import ArgumentParser, UserError, unknown_name_message
+from gpt_conf import GPTConfig
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+INIT_FROM = ("scratch", "resume")
+
+
+def _f(default, help: str, group: str, **meta):
+    return field(default=default, metadata={"help": help, "group": group, **meta})
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    dataset: str = _f("shakespeare_char", "data set: a folder under data/ or a path holding train.bin, val.bin, meta.json", "data")
+    # --- training ---
+    batch_size: int = _f(12, "sequences per micro-batch (per process)", "training")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimiser step, summed over all processes", "training")
+    max_iters: int = _f(5000, "optimiser steps to train for", "training")
+    max_seconds: float = _f(None, "stop after this much wall time (seconds, summed over resumes)", "training")
+    max_tokens: int = _f(None, "stop after this many training tokens", "training")
+    learning_rate: float = _f(6e-4, "peak learning rate", "training")
+    min_lr: float = _f(None, "final learning rate of the cosine decay; default learning_rate / 10", "training")
+    warmup_iters: int = _f(100, "linear warmup steps", "training")
+    lr_decay_iters: int = _f(None, "step where the cosine decay reaches min_lr; default max_iters", "training")
+    decay_lr: bool = _f(True, "warmup + cosine schedule (off: constant learning_rate)", "training")
+    weight_decay: float = _f(0.1, "AdamW weight decay (matrices and embeddings only)", "training")
+    beta1: float = _f(0.9, "AdamW beta1", "training")
+    beta2: float = _f(0.95, "AdamW beta2", "training")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)", "training")
+    patience: int = _f(None, "early stopping: evaluations without a better val loss before stopping", "training")
+    seed: int = _f(1337, "random seed (weights, dropout, batches)", "training")
+    init_from: str = _f("scratch", "start a new run, or resume the run in out_dir from ckpt_last.pt", "training", choices=INIT_FROM)
+    # --- logging and output ---
+    out_dir: str = _f(None, "run directory; default out/<dataset>", "logging")
+    overwrite: bool = _f(False, "start from scratch in an out_dir that already holds a run, replacing it", "logging")
+    eval_interval: int = _f(250, "evaluate (and checkpoint) every this many steps", "logging")
+    eval_iters: int = _f(20, "batches per split in each evaluation", "logging")
+    log_interval: int = _f(10, "log the training loss every this many steps", "logging")
+    # --- system ---
+    device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", "system")
+    dtype: str = _f("auto", "auto: bfloat16 on CUDA that supports it, float16 on other CUDA, else float32", "system", choices=DTYPES)
+    compile: bool = _f(False, "torch.compile the model", "system")
+    peak_flops: float = _f(None, "device peak FLOP/s for MFU; default from a table of common GPUs", "system")
+
+    def __post_init__(self):
+        positive = ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_iters", "warmup_iters"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must not be negative, got {getattr(self, name)}")
+        for name in ("max_seconds", "max_tokens", "patience", "lr_decay_iters"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"--{name} must be positive, got {value}")
+        if self.learning_rate <= 0:
+            raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.min_lr is None:
+            self.min_lr = self.learning_rate / 10
+        if self.decay_lr and self.warmup_iters >= (self.lr_decay_iters or self.max_iters) > 0:
+            raise UserError(f"--warmup_iters {self.warmup_iters} must be below --lr_decay_iters "
+                            f"(default --max_iters) {self.lr_decay_iters or self.max_iters}; lower the warmup")
+        if self.out_dir is None:
+            self.out_dir = str(Path("out") / Path(self.dataset).name)
+
+
+# Named starting points; flags and --config override them.
+PRESETS: dict[str, dict] = {
+    # seconds on a laptop; what the tests train
+    "debug": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_iters=20, eval_interval=10,
+                  eval_iters=2, log_interval=1, warmup_iters=2, learning_rate=1e-3),
+    # karpathy/nanoGPT's CPU run of shakespeare_char (README): 4x4x128, context 64, batch 12, 2000 steps
+    "cpu": dict(dataset="shakespeare_char", n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12,
+                dropout=0.0, max_iters=2000, lr_decay_iters=2000, learning_rate=1e-3, min_lr=1e-4,
+                beta2=0.99, warmup_iters=100, eval_interval=250, eval_iters=20, log_interval=50, device="cpu"),
+    # GPT-2 small (124M) as nanoGPT trains it: ~0.5M tokens per step (12 x 1024 x 40)
+    "gpt2": dict(dataset="shakespeare", n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=12,
+                 gradient_accumulation_steps=40, max_iters=600000, lr_decay_iters=600000, learning_rate=6e-4,
+                 min_lr=6e-5, warmup_iters=2000, weight_decay=0.1, beta2=0.95, eval_interval=1000,
+                 eval_iters=200, log_interval=10, compile=True),
+}
+
+
+def _base_type(annotation):
+    """int for `int`, `int | None`, `Optional[int]`."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0]
+    return annotation
+
+
+def _field_specs() -> dict[str, tuple[str, object, type, dict]]:
+    """name -> (owner 'model'|'train', default, type, metadata) for every flag, model first."""
+    specs = {}
+    for owner, cls in (("model", GPTConfig), ("train", TrainConfig)):
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if not f.init:
+                continue
+            default = f.default if f.default is not MISSING else None
+            specs[f.name] = (owner, default, _base_type(hints[f.name]), dict(f.metadata))
+    return specs
+
+
+def _choices(meta: dict) -> list[str] | None:
+    if "registry" in meta:
+        from variations.registry import names
+        return names(meta["registry"])
+    return list(meta["choices"]) if "choices" in meta else None
+
+
+def coerce(name: str, value):
+    """Check a value from a config file or preset against the flag's type and choices."""
+    specs = _field_specs()
+    if name not in specs:
+        raise UserError(unknown_name_message("setting", name, specs))
+    _, _, typ, meta = specs[name]
+    if value is None:
+        return None
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}[typ](value)
+    if not ok:
+        raise UserError(f"setting '{name}' must be {typ.__name__}, got {value!r}")
+    if typ is float:
+        value = float(value)
+    choices = _choices(meta)
+    if choices is not None and "registry" not in meta and value not in choices:
+        raise UserError(unknown_name_message(f"value for '{name}'", value, choices))
+    return value
+
+
+def load_config_file(path: str) -> dict:
+    """Flat mapping of settings from YAML or JSON; an unknown key or a bad value is a UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {path} not found")
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"config file {path} cannot be parsed ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
+    try:
+        return {k: coerce(k, v) for k, v in data.items()}
+    except UserError as e:
+        raise UserError(f"config file {path}: {e}") from None
+
+
+def _choice_type(typ, choices_of, what: str):
+    """argparse `type` that checks a value against choices, naming the closest valid one."""
+    def convert(text: str):
+        choices = choices_of()
+        value = typ(text)
+        if isinstance(value, str) and what in _registry_kinds():
+            from variations.registry import normalize
+            value = normalize(value)
+        if value not in choices:
+            raise argparse.ArgumentTypeError(unknown_name_message(what, text, choices))
+        return value
+    convert.__name__ = typ.__name__
+    return convert
+
+
+def _registry_kinds():
+    from variations.registry import KINDS
+    return KINDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="train.py", allow_abbrev=False,
+                        description="Train a GPT assembled from registry components on a memmapped data set.")
+    p.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
+    p.add_argument("--preset", type=_choice_type(str, lambda: sorted(PRESETS), "preset"),
+                   metavar="{" + ",".join(sorted(PRESETS)) + "}",
+                   help="named starting point (config file and flags override it)")
+    p.add_argument("--list_variants", action="store_true", help="print every registered component and exit")
+    groups = {g: p.add_argument_group(g) for g in ("model", "data", "training", "logging", "system")}
+    for name, (owner, default, typ, meta) in _field_specs().items():
+        group = groups["model" if owner == "model" else meta["group"]]
+        help_text = meta.get("help", "") + (f" (default: {default})" if default is not None else "")
+        kwargs = dict(help=help_text, default=argparse.SUPPRESS)  # SUPPRESS: only typed flags appear
+        if typ is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif _choices(meta) is not None:
+            kwargs["type"] = _choice_type(typ, lambda meta=meta: _choices(meta), meta.get("registry", f"value of --{name}"))
+            kwargs["metavar"] = "{" + ",".join(_choices(meta)) + "}"
+        else:
+            kwargs["type"] = typ
+            kwargs["metavar"] = typ.__name__.upper()
+        group.add_argument(f"--{name}", **kwargs)
+    return p
+
+
+@dataclass
+class Settings:
+    """Resolved settings: model overrides (GPTConfig is built once vocab_size is known), the training
+    config, and which keys the user set explicitly (preset, config file or flag)."""
+    model: dict
+    train: TrainConfig
+    explicit: set
+    list_variants: bool = False
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
+    config_path, preset, list_variants = ns.pop("config", None), ns.pop("preset", None), ns.pop("list_variants")
+    merged: dict = {}
+    if preset:
+        merged.update(PRESETS[preset])
+    if config_path:
+        merged.update(load_config_file(config_path))
+    merged.update(ns)
+    specs = _field_specs()
+    model = {k: v for k, v in merged.items() if specs[k][0] == "model"}
+    train = {k: v for k, v in merged.items() if specs[k][0] == "train"}
+    return Settings(model=model, train=TrainConfig(**train), explicit=set(merged), list_variants=list_variants)
+
+
+def resolved_dict(model_config: GPTConfig, train_config: TrainConfig) -> dict:
+    """The full resolved configuration of a run, as written to config.json."""
+    return {"model": asdict(model_config), "train": asdict(train_config)}
+
+
+if __name__ == "__main__":  # python train_args.py --preset cpu: show the resolved settings
+    s = parse_args(sys.argv[1:])
+    print(json.dumps({"model": s.model, "train": asdict(s.train)}, indent=2))

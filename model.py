@@ -135,12 +135,14 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None, on_token=None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, vocab_limit: int | None = None,
+                 on_token=None) -> torch.Tensor:
         """Continue idx (B, T) by max_new_tokens tokens. temperature 0 means greedy.
 
         With the KV cache each new token costs one position's forward pass. Once the context fills
         block_size, the window slides and every position shifts, so from then on each step runs the
         cropped window without a cache, exactly as uncached generation does (same tokens either way).
+        `vocab_limit` bars ids from the padding of the vocabulary (pad_vocab) that no tokenizer decodes.
         `on_token(next_ids)` is called with each new (B, 1) batch of ids, e.g. to stream text.
         """
         block = self.config.block_size
@@ -151,7 +153,11 @@ class GPT(nn.Module):
         for step in range(max_new_tokens):
             if caches is None:
                 logits, _ = self(idx[:, -block:])
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            last = logits[:, -1, :]  # (B, V)
+            if vocab_limit is not None and vocab_limit < last.size(-1):
+                last = last.clone()
+                last[:, vocab_limit:] = float("-inf")
+            idx_next = sample_next(last, temperature, top_k, top_p, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             if on_token is not None:
                 on_token(idx_next)

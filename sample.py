@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     with ctx:
         for i in range(args.num_samples):
             y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
-                               top_p=args.top_p, use_cache=args.kv_cache, generator=gen)
+                               top_p=args.top_p, use_cache=args.kv_cache, generator=gen,
+                               vocab_limit=tok.vocab_size)
             text = tok.decode(y[0].tolist())
             samples.append(text)
             print(text)

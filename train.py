@@ -338,11 +338,14 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------- main
-def build_configs(settings: train_args.Settings, meta: dict, out_dir: Path) -> tuple[GPTConfig, TrainConfig, dict | None]:
-    """Model and training configs for a new run, or those stored in the checkpoint for a resume
-    (with the training settings the user gave on top; model settings cannot change)."""
-    tc = settings.train
-    if tc.init_from == "resume":
+def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig, dict, dict | None]:
+    """(model config, training config, data meta, checkpoint or None), all checked before anything
+    is written. A new run takes the user's settings; a resume takes the checkpoint's, with the
+    user's training settings on top (the model cannot change)."""
+    user = settings.train
+    if user.get("init_from") == "resume":
+        dataset = user.get("dataset", train_args.default_of("dataset"))
+        out_dir = Path(user.get("out_dir") or TrainConfig(dataset=dataset, warmup_iters=0).out_dir)
         ckpt = load_checkpoint(out_dir / "ckpt_last.pt")
         model_config = GPTConfig.from_dict(ckpt["model_config"])
         for key, value in settings.model.items():
@@ -350,18 +353,22 @@ def build_configs(settings: train_args.Settings, meta: dict, out_dir: Path) -> t
                 raise UserError(f"--{key} {value} differs from the checkpoint's {getattr(model_config, key)}; "
                                 "the model cannot change on resume (drop the flag, or start a new --out_dir)")
         saved = dict(ckpt["train_config"])
-        explicit = {k: v for k, v in asdict(tc).items() if k in settings.explicit or k in ("init_from", "out_dir")}
-        if "learning_rate" in explicit and "min_lr" not in explicit:
+        if "learning_rate" in user and "min_lr" not in user:
             saved["min_lr"] = None  # re-derive from the new learning rate
-        tc = TrainConfig(**{**saved, **explicit})
-        return model_config, tc, ckpt
-    if (out_dir / "ckpt_last.pt").exists() and not tc.overwrite:
-        raise UserError(f"{out_dir} already holds a run; continue it with --init_from resume, start over with "
-                        "--overwrite, or choose another --out_dir")
-    model_kwargs = dict(settings.model)
-    model_kwargs.setdefault("vocab_size", pad_vocab(meta["vocab_size"]))
-    model_config = GPTConfig(**model_kwargs)
-    return model_config, tc, None
+        tc = TrainConfig(**{**saved, **user, "out_dir": str(out_dir)})
+        meta = load_meta(resolve_data_dir(tc.dataset))
+    else:
+        ckpt = None
+        tc = TrainConfig(**user)
+        meta = load_meta(resolve_data_dir(tc.dataset))
+        if (Path(tc.out_dir) / "ckpt_last.pt").exists() and not tc.overwrite:
+            raise UserError(f"{tc.out_dir} already holds a run; continue it with --init_from resume, start over "
+                            "with --overwrite, or choose another --out_dir")
+        model_config = GPTConfig(**{"vocab_size": pad_vocab(meta["vocab_size"]), **settings.model})
+    if model_config.vocab_size < meta["vocab_size"]:
+        raise UserError(f"--vocab_size {model_config.vocab_size} is smaller than the data set's vocabulary "
+                        f"({meta['vocab_size']}); drop the flag or raise it")
+    return model_config, tc, meta, ckpt
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -369,17 +376,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     if settings.list_variants:
         print_variants()
         return None
-    tc = settings.train
-    out_dir = Path(tc.out_dir)
-    meta = load_meta(resolve_data_dir(tc.dataset))
-    model_config, tc, ckpt = build_configs(settings, meta, out_dir)
-    if model_config.vocab_size < meta["vocab_size"]:
-        raise UserError(f"--vocab_size {model_config.vocab_size} is smaller than the data set's vocabulary "
-                        f"({meta['vocab_size']}); drop the flag or raise it")
-
+    model_config, tc, meta, ckpt = build_configs(settings)
     dd = Distributed(tc.device)
     try:
-        return _train(model_config, tc, meta, ckpt, dd, out_dir)
+        return _train(model_config, tc, meta, ckpt, dd, Path(tc.out_dir))
     finally:
         dd.close()
 

@@ -82,9 +82,6 @@ class TrainConfig:
             raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.min_lr is None:
             self.min_lr = self.learning_rate / 10
-        if self.decay_lr and self.warmup_iters >= (self.lr_decay_iters or self.max_iters) > 0:
-            raise UserError(f"--warmup_iters {self.warmup_iters} must be below --lr_decay_iters "
-                            f"(default --max_iters) {self.lr_decay_iters or self.max_iters}; lower the warmup")
         if self.out_dir is None:
             self.out_dir = str(Path("out") / Path(self.dataset).name)
 
@@ -224,11 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Settings:
-    """Resolved settings: model overrides (GPTConfig is built once vocab_size is known), the training
-    config, and which keys the user set explicitly (preset, config file or flag)."""
+    """What the user set (preset, config file and flags merged), split into model and training keys.
+    train.py turns them into a GPTConfig (once the data set's vocab_size is known) and a TrainConfig
+    (for a resume, on top of the checkpoint's)."""
     model: dict
-    train: TrainConfig
-    explicit: set
+    train: dict
     list_variants: bool = False
 
 
@@ -245,7 +242,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     specs = _field_specs()
     model = {k: v for k, v in merged.items() if specs[k][0] == "model"}
     train = {k: v for k, v in merged.items() if specs[k][0] == "train"}
-    return Settings(model=model, train=TrainConfig(**train), explicit=set(merged), list_variants=list_variants)
+    return Settings(model=model, train=train, list_variants=list_variants)
+
+
+def default_of(name: str):
+    """The default value of a TrainConfig field."""
+    return TrainConfig.__dataclass_fields__[name].default
 
 
 def resolved_dict(model_config: GPTConfig, train_config: TrainConfig) -> dict:
@@ -255,4 +257,4 @@ def resolved_dict(model_config: GPTConfig, train_config: TrainConfig) -> dict:
 
 if __name__ == "__main__":  # python train_args.py --preset cpu: show the resolved settings
     s = parse_args(sys.argv[1:])
-    print(json.dumps({"model": s.model, "train": asdict(s.train)}, indent=2))
+    print(json.dumps({"model": s.model, "train": asdict(TrainConfig(**s.train))}, indent=2))

@@ -1,0 +1,102 @@
+"""model.py: parameter counting, init, optimiser groups, MFU, sampling filters, checkpoint rebuild."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import model as model_mod
+from gpt_conf import GPTConfig
+from model import GPT, estimate_mfu, peak_flops, sample_next
+
+from conftest import tiny_config
+
+
+def nanogpt_param_count(V, T, L, C, hidden):
+    """GPT-2 with bias=False, layernorm, learned positions, tied head, written out by hand."""
+    per_block = 2 * C + (C * 3 * C) + (C * C) + (C * hidden) + (hidden * C)
+    return V * C + T * C + L * per_block + C
+
+
+def test_param_count_matches_formula_and_tying():
+    cfg = GPTConfig(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=64)
+    m = GPT(cfg)
+    assert m.num_params() == nanogpt_param_count(65, 64, 4, 128, 512)
+    assert m.num_params() == sum(p.numel() for p in m.parameters())
+    assert m.num_params(exclude_position=True) == m.num_params() - 64 * 128
+    assert m.lm_head.weight is m.transformer.wte.weight
+
+
+def test_residual_projections_get_scaled_init():
+    cfg = tiny_config(n_layer=8, n_embd=256, n_head=4)
+    m = GPT(cfg)
+    proj = m.transformer.h[0].mlp.c_proj.weight
+    fc = m.transformer.h[0].mlp.c_fc.weight
+    assert proj.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert fc.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_optimizer_groups_cover_each_parameter_once():
+    m = GPT(tiny_config(softmax_variant_attn="consmax", bias=True))
+    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))
+
+
+def test_flops_and_mfu(monkeypatch):
+    cfg = GPTConfig(vocab_size=50304, n_layer=12, n_head=12, n_embd=768, block_size=1024)
+    m = GPT(cfg)
+    n = m.num_params(exclude_position=True)
+    assert m.flops_per_token() == 6 * n + 12 * 12 * 12 * 64 * 1024
+    assert estimate_mfu(m, 1000.0, None) is None
+    assert estimate_mfu(m, 1000.0, 1e12) == pytest.approx(m.flops_per_token() * 1000 / 1e12)
+    assert peak_flops("cpu", torch.float32) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, expect in [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                         ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA GeForce RTX 4090", 165e12),
+                         ("Some Future GPU", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None, n=name: n)
+        assert peak_flops("cuda", torch.bfloat16) == expect
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-40GB")
+    assert peak_flops("cuda", torch.float32) == 156e12  # TF32
+
+
+def test_sample_next_filters():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert sample_next(logits, temperature=0).item() == 0
+    gen = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, 1.0, top_k=2, generator=gen).item() for _ in range(300)}
+    assert draws == {0, 1}
+    draws = {sample_next(logits, 1.0, top_p=0.7, generator=gen).item() for _ in range(300)}
+    assert draws == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 stops there
+    draws = {sample_next(logits, 1.0, top_p=0.4, generator=gen).item() for _ in range(100)}
+    assert draws == {0}
+    draws = {sample_next(logits, 1.0, generator=gen).item() for _ in range(2000)}
+    assert draws == {0, 1, 2, 3}
+
+
+def test_generate_respects_vocab_limit():
+    m = GPT(tiny_config()).eval()
+    with torch.no_grad():
+        m.lm_head.weight[30:] += 5.0  # make the padding ids the most likely
+    out = m.generate(torch.zeros(1, 1, dtype=torch.long), 20, temperature=1.0, vocab_limit=30)
+    assert out.max() < 30
+
+
+def test_from_checkpoint_round_trip():
+    m = GPT(tiny_config(position_variant="rope", softmax_variant_attn="consmax"))
+    ckpt = {"model_config": m.config.to_dict(), "model": m.state_dict()}
+    again = GPT.from_checkpoint(ckpt)
+    x = torch.randint(0, 37, (2, 8))
+    torch.testing.assert_close(m(x, all_logits=True)[0], again(x, all_logits=True)[0])
+    assert not any("cos" in k or "sin" in k for k in ckpt["model"])  # rope tables are not stored
+
+
+def test_forward_rejects_too_long_input():
+    m = GPT(tiny_config())
+    with pytest.raises(ValueError, match="exceeds block_size 16"):
+        m(torch.zeros(1, 17, dtype=torch.long))

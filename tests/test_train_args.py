@@ -1,0 +1,81 @@
+"""train_args: flags derived from the dataclasses, precedence of presets, config files and flags."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import train_args
+from errors import UserError
+from gpt_conf import GPTConfig
+from train_args import PRESETS, TrainConfig, parse_args
+
+
+def test_every_field_is_a_flag_with_help():
+    parser = train_args.build_parser()
+    dests = {a.dest: a for a in parser._actions}
+    for cls in (GPTConfig, TrainConfig):
+        for name, f in cls.__dataclass_fields__.items():
+            assert name in dests, name
+            assert dests[name].help and f.metadata["help"] in dests[name].help
+
+
+def test_precedence_defaults_preset_config_flags(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("n_layer: 7\nlearning_rate: 0.002\nbatch_size: 5\n")
+    s = parse_args(["--preset", "cpu", "--config", str(cfg), "--batch_size", "3"])
+    assert s.model["n_embd"] == PRESETS["cpu"]["n_embd"]  # preset
+    assert s.model["n_layer"] == 7  # config file over preset
+    assert s.train["learning_rate"] == 0.002
+    assert s.train["batch_size"] == 3  # flag over config file
+    tc = TrainConfig(**s.train)
+    assert tc.beta2 == PRESETS["cpu"]["beta2"] and tc.weight_decay == 0.1  # preset, default
+
+
+def test_json_config_and_bool_flags(tmp_path):
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"bias": True, "compile": False, "dropout": 0}))
+    s = parse_args(["--config", str(cfg), "--no-bias"])
+    assert s.model == {"bias": False, "dropout": 0.0}
+    assert s.train == {"compile": False}
+    assert parse_args(["--decay_lr"]).train == {"decay_lr": True}
+
+
+def test_only_given_settings_are_recorded():
+    assert parse_args([]).model == {} and parse_args([]).train == {}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("n_layers: 3\n", "unknown setting 'n_layers'; did you mean 'n_layer'?"),
+    ("dtype: fp16\n", "unknown value for 'dtype' 'fp16'"),
+    ("bias: 1\n", "'bias' must be bool"),
+    ("- 1\n- 2\n", "must hold a mapping"),
+    ("n_layer: [\n", "cannot be parsed"),
+])
+def test_config_file_errors(tmp_path, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(UserError) as e:
+        parse_args(["--config", str(cfg)])
+    assert message in str(e.value) and str(cfg) in str(e.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match="config file nope.yaml not found"):
+        parse_args(["--config", "nope.yaml"])
+
+
+def test_presets_are_valid():
+    for name, preset in PRESETS.items():
+        s = parse_args(["--preset", name])
+        GPTConfig(vocab_size=65, **s.model)
+        TrainConfig(**s.train)
+    cpu = PRESETS["cpu"]  # nanoGPT's CPU settings
+    assert (cpu["n_layer"], cpu["n_head"], cpu["n_embd"], cpu["block_size"], cpu["batch_size"]) == (4, 4, 128, 64, 12)
+    g = PRESETS["gpt2"]
+    assert (g["n_layer"], g["n_head"], g["n_embd"], g["block_size"]) == (12, 12, 768, 1024)
+
+
+def test_flags_are_not_abbreviated():
+    with pytest.raises(UserError, match="unknown flag '--n_lay'"):
+        parse_args(["--n_lay", "3"])

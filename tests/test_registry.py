@@ -95,3 +95,9 @@ def test_every_variant_has_a_docstring():
     for kind in KINDS:
         for name, doc in registry.describe(kind):
             assert doc, f"{kind} '{name}' has no docstring"
+
+
+def test_readme_table_is_generated_from_the_registry():
+    from variations.__main__ import README, readme_with_table
+    text = README.read_text()
+    assert readme_with_table(text) == text, "README's variant table is stale: run python -m variations --readme"

@@ -49,9 +49,9 @@ def causal_mask(t_q: int, t_k: int, device) -> torch.Tensor:
 
 @register("attention", "causal")
 class CausalSelfAttention(nn.Module):
-    """Causal multi-head self-attention (Vaswani et al., 2017) with grouped-query heads
-    (--n_kv_head; Ainslie et al., 2023) and a pluggable score normaliser (--softmax_variant_attn).
+    """Causal self-attention with grouped-query heads (--n_kv_head) and a pluggable --softmax_variant_attn.
 
+    Multi-head attention (Vaswani et al., 2017); grouped-query heads (Ainslie et al., 2023).
     Plain softmax runs through F.scaled_dot_product_attention (FlashAttention where available);
     any other normaliser uses the explicit path: scores, causal mask, normaliser, weighted sum.
     """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quickstart: set up (if needed), prepare Shakespeare at character level, train the `cpu` preset
-# (about 5 minutes on 2 cores) and print a sample.   Usage: bash scripts/quickstart.sh [train.py flags]
+# (about 3 minutes on 2 cores) and print a sample.   Usage: bash demos/quickstart.sh [train.py flags]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup_env.sh

@@ -345,7 +345,7 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
     user = settings.train
     if user.get("init_from") == "resume":
         dataset = user.get("dataset", train_args.default_of("dataset"))
-        out_dir = Path(user.get("out_dir") or TrainConfig(dataset=dataset, warmup_iters=0).out_dir)
+        out_dir = Path(user.get("out_dir") or train_args.default_out_dir(dataset))
         ckpt = load_checkpoint(out_dir / "ckpt_last.pt")
         model_config = GPTConfig.from_dict(ckpt["model_config"])
         for key, value in settings.model.items():
@@ -411,7 +411,8 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     t_start = time.time()
     train_time, timed_iters = 0.0, 0  # optimiser steps only (no eval), excluding this process's first step
     last_loss, stop_reason, loss = None, None, None
-    resumed = tc.init_from == "resume"
+    # a resumed run's first step was evaluated right before its checkpoint was written
+    last_eval = start_iter if tc.init_from == "resume" else None
 
     def wall() -> float:
         return trainer.wall_time_prev + time.time() - t_start
@@ -443,8 +444,8 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
         while True:
             it = trainer.iter_num
             done = it >= tc.max_iters or stop_reason is not None
-            # a resumed run's first step was evaluated right before its checkpoint was written
-            if (it % tc.eval_interval == 0 or done) and not (resumed and it == start_iter):
+            if (it % tc.eval_interval == 0 or done) and it != last_eval:
+                last_eval = it
                 losses = trainer.evaluate()
                 improved = losses["val"] < trainer.best_val_loss
                 if improved:

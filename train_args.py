@@ -83,7 +83,7 @@ class TrainConfig:
         if self.min_lr is None:
             self.min_lr = self.learning_rate / 10
         if self.out_dir is None:
-            self.out_dir = str(Path("out") / Path(self.dataset).name)
+            self.out_dir = default_out_dir(self.dataset)
 
 
 # Named starting points; flags and --config override them.
@@ -243,6 +243,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     model = {k: v for k, v in merged.items() if specs[k][0] == "model"}
     train = {k: v for k, v in merged.items() if specs[k][0] == "train"}
     return Settings(model=model, train=train, list_variants=list_variants)
+
+
+def default_out_dir(dataset: str) -> str:
+    """out/<data set name>: where a run goes when --out_dir is not given."""
+    return str(Path("out") / Path(dataset).name)
 
 
 def default_of(name: str):

@@ -165,6 +165,7 @@ def test_early_stopping_with_patience(char_data, tmp_path):
             "--learning_rate", "5", "--no-decay_lr", "--grad_clip", "0")
     assert s["stop_reason"] == "patience"
     assert s["iters"] == 10 and s["best_iter"] == 0
+    assert [r["iter"] for r in read_metrics(tmp_path / "p") if r["type"] == "eval"] == [0, 5, 10]  # once each
 
 
 def test_token_and_time_limits(char_data, tmp_path):

@@ -13,7 +13,6 @@ folder is complete and consistent before training.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -28,7 +27,7 @@ if __package__ in (None, ""):  # run as `python data/prepare.py`: make the repo 
 import numpy as np
 
 from data.tokenizer import TOKENIZERS, TiktokenTokenizer, Tokenizer, build_tokenizer
-from errors import UserError, run_cli, unknown_name_message
+from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 
 DATA_ROOT = Path(__file__).resolve().parent
 EMBEDDED_DATASETS = ("shakespeare_char", "shakespeare")  # folders with their own prepare.py
@@ -264,7 +263,7 @@ def shakespeare_files() -> list[Path]:
 # ----------------------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Tokenize text files into train.bin / val.bin / meta.json.")
+    parser = ArgumentParser(prog="data/prepare.py", description="Tokenize text files into train.bin / val.bin / meta.json.")
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="text files, or folders searched recursively for --glob files")
     parser.add_argument("--out_dir", required=True, help="folder to write into, e.g. data/mycorpus")

@@ -317,7 +317,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert run_cli(main, ["--input", str(tmp_path / "nope"), "--out_dir", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--encoding only applies" in err[0] and "not found" in err[1]
-    with pytest.raises(SystemExit):  # argparse rejects names outside TOKENIZERS
+    with pytest.raises(UserError, match="invalid choice: 'word'"):  # names outside TOKENIZERS
         main(["--input", str(src), "--out_dir", str(out), "--tokenizer", "word"])
 
 

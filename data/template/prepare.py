@@ -8,7 +8,6 @@ Copy the folder, put your UTF-8 text in input.txt, run the copy, train (see READ
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,13 +16,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 from data.prepare import prepare
 from data.tokenizer import TOKENIZERS
-from errors import UserError, run_cli
+from errors import ArgumentParser, UserError, run_cli
 
 HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Tokenize input.txt beside this script.")
+    parser = ArgumentParser(prog="data/template/prepare.py", description="Tokenize input.txt beside this script.")
     parser.add_argument("--tokenizer", default="char", choices=list(TOKENIZERS))
     parser.add_argument("--encoding", default="gpt2", help="tiktoken encoding (only with --tokenizer tiktoken)")
     parser.add_argument("--val_fraction", type=float, default=0.1)

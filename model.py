@@ -117,13 +117,13 @@ class GPT(nn.Module):
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
                              device_type: str) -> torch.optim.AdamW:
         """AdamW; matrices and embeddings decay, vectors and scalars (norms, biases, learned softmax
-        constants) do not. Fused kernel on CUDA."""
+        constants) do not. The fused kernel (one op for all tensors) on CUDA and CPU."""
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        fused = device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     # ------------------------------------------------------------------ generation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -279,3 +280,17 @@ def test_cli_error_is_one_line_without_traceback(char_data, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ")
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile on CPU needs a C compiler")
+def test_compiled_training_matches_eager(char_data, tmp_path):
+    eager = run(char_data, tmp_path / "eager", "--max_iters", "4", "--log_interval", "1")
+    compiled = run(char_data, tmp_path / "compiled", "--max_iters", "4", "--log_interval", "1", "--compile")
+    a, b = train_losses(tmp_path / "eager"), train_losses(tmp_path / "compiled")
+    assert a.keys() == b.keys()
+    for i in a:
+        assert b[i] == pytest.approx(a[i], abs=1e-4)
+    assert compiled["best_val_loss"] == pytest.approx(eager["best_val_loss"], abs=1e-4)
+    # the checkpoint holds the plain module's names, so sample.py and resume work without compiling
+    keys = torch.load(tmp_path / "compiled" / "ckpt_last.pt", weights_only=True)["model"].keys()
+    assert not any(k.startswith("_orig_mod") for k in keys)

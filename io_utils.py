@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
-
-import torch
 
 from errors import UserError
 
@@ -19,16 +17,16 @@ from errors import UserError
 def _atomic_write(path: Path | str, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a unique name beside the target; open(.., "xb") keeps the usual umask (mkstemp's files are 0600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -41,11 +39,13 @@ def atomic_write_json(path: Path | str, obj) -> None:
 
 
 def atomic_torch_save(path: Path | str, obj) -> None:
+    import torch  # here, not at the top: data preparation uses this module without torch
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
     """torch.load with weights_only=True; a missing, truncated or foreign file is a UserError."""
+    import torch
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; train one first (python train.py --out_dir {path.parent})")

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import sys
-import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from data.tokenizer import TOKENIZERS, TiktokenTokenizer, Tokenizer, build_tokenizer
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
+from io_utils import atomic_write_bytes
 
 DATA_ROOT = Path(__file__).resolve().parent
 EMBEDDED_DATASETS = ("shakespeare_char", "shakespeare")  # folders with their own prepare.py
@@ -112,23 +112,6 @@ def _check_cut(cut: int, total: int, val_fraction: float) -> None:
                         "add text or change --val_fraction")
 
 
-# ----------------------------------------------------------------------------- writing
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    # temp file in the same folder + os.replace: a killed prepare leaves the old file or the new one, never
-    # half. (Not tempfile.mkstemp: its files are private (0600); open(..., "xb") keeps the usual umask.)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def prepare(inputs: Iterable[str | Path] | str | Path, out_dir: str | Path, tokenizer: str = "char",
             encoding: str = "gpt2", val_fraction: float = 0.1, seed: int = 1337, glob: str = "*.txt") -> dict:
     """Tokenize the input files into out_dir/{train.bin, val.bin, meta.json}; returns the meta dict."""
@@ -172,9 +155,9 @@ def prepare(inputs: Iterable[str | Path] | str | Path, out_dir: str | Path, toke
     # meta.json goes first and comes back last: a prepare killed in between leaves no meta.json,
     # rather than an old one that disagrees with the new .bin files
     (out_dir / "meta.json").unlink(missing_ok=True)
-    _atomic_write(out_dir / "train.bin", np.asarray(train_ids, dtype=dtype).tobytes())
-    _atomic_write(out_dir / "val.bin", np.asarray(val_ids, dtype=dtype).tobytes())
-    _atomic_write(out_dir / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(out_dir / "train.bin", np.asarray(train_ids, dtype=dtype).tobytes())
+    atomic_write_bytes(out_dir / "val.bin", np.asarray(val_ids, dtype=dtype).tobytes())
+    atomic_write_bytes(out_dir / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
     print(f"{len(docs)} documents, {tokenizer} tokenizer, vocab {tok.vocab_size}: "
           f"train {len(train_ids):,} tokens, val {len(val_ids):,} tokens ({dtype.name}) -> {out_dir}")

@@ -251,14 +251,14 @@ def test_interrupted_prepare_leaves_no_stale_meta(tmp_path, monkeypatch):
     src = write_docs(tmp_path / "src")
     out = tmp_path / "out"
     prepare([src], out, val_fraction=0.2)
-    real_write = prep._atomic_write
+    real_write = prep.atomic_write_bytes
 
     def killed_at_val(path, data):
         if path.name == "val.bin":
             raise KeyboardInterrupt
         real_write(path, data)
 
-    monkeypatch.setattr(prep, "_atomic_write", killed_at_val)
+    monkeypatch.setattr(prep, "atomic_write_bytes", killed_at_val)
     with pytest.raises(KeyboardInterrupt):
         prepare([src], out, tokenizer="byte", val_fraction=0.2)  # new train.bin, old val.bin
     assert not (out / "meta.json").exists()

@@ -2,15 +2,26 @@
 
 Every field becomes a `--flag` of train.py (train_args.py reads `dataclasses.fields`), with the help
 text written here beside the field. Component fields hold registry names as strings, so the config
-stays plain JSON; `__post_init__` normalises them, fills derived values and validates everything,
-quoting the flag the user typed.
+stays plain JSON. Knobs that only some variants read are declared beside those variants
+(`knob(...)` in variations/) and appended to GPTConfig as fields, so they need no list here.
+`__post_init__` normalises names, fills derived values and validates everything, quoting the flag.
+
+Per-layer choices: `--attention_variant_layerlist causal linear` (likewise for mlp, norm,
+activation and the attention softmax) cycles the listed variants over the layers;
+`config.for_layer(i)` is the config layer i is built from.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+import variations  # noqa: F401  (fills the registry: variant names and knobs)
 from errors import UserError, unknown_name_message
+from variations.registry import all_knobs, get, normalize
+
+NORM_PLACEMENTS = ("pre", "post", "peri")  # Xiong et al. 2020 (pre/post); Kim et al. 2025 (peri-LN)
+LINEAR_SITES = ("attn_qkv", "attn_proj", "mlp_up", "mlp_down")  # projections with a --linear_variant_<site>
 
 
 def _f(default, help: str, **meta):
@@ -19,7 +30,7 @@ def _f(default, help: str, **meta):
 
 
 @dataclass
-class GPTConfig:
+class _CoreConfig:
     # --- size (nanoGPT's names) ---
     block_size: int = _f(256, "context length in tokens")
     vocab_size: int = _f(None, "vocabulary size; default: the data set's, padded to a multiple of 64 above 256")
@@ -31,35 +42,58 @@ class GPTConfig:
     bias: bool = _f(False, "bias terms in linear layers and layernorm")
 
     # --- components: names from the registry (python train.py --list_variants) ---
-    attention_variant: str = _f("causal", "attention mechanism", registry="attention")
-    mlp_variant: str = _f("mlp", "feed-forward block", registry="mlp")
-    norm_variant: str = _f("layernorm", "normalisation layer", registry="norm")
-    activation_variant: str = _f("gelu", "activation inside the `mlp` feed-forward block", registry="activation")
-    softmax_variant_attn: str = _f("softmax", "normaliser of the attention scores", registry="softmax")
+    attention_variant: str = _f("causal", "attention mechanism", registry="attention", per_layer=True)
+    mlp_variant: str = _f("mlp", "feed-forward block", registry="mlp", per_layer=True)
+    norm_variant: str = _f("layernorm", "normalisation layer of the blocks", registry="norm", per_layer=True)
+    activation_variant: str = _f("gelu", "activation of the feed-forward block", registry="activation", per_layer=True)
+    softmax_variant_attn: str = _f("softmax", "normaliser of the attention scores", registry="softmax", per_layer=True)
+    softmax_variant_output: str = _f("softmax", "turns output logits into sampling probabilities", registry="softmax")
     position_variant: str = _f("learned", "positional encoding", registry="position")
+    norm_variant_final: str = _f(None, "norm before the LM head; default: norm_variant", registry="norm")
+    linear_variant: str = _f("linear", "linear layer of every projection (sites below override it)", registry="linear")
+    linear_variant_attn_qkv: str = _f(None, "linear layer of the q/k/v projection; default: linear_variant", registry="linear")
+    linear_variant_attn_proj: str = _f(None, "linear layer of the attention output; default: linear_variant", registry="linear")
+    linear_variant_mlp_up: str = _f(None, "linear layer into the MLP hidden width; default: linear_variant", registry="linear")
+    linear_variant_mlp_down: str = _f(None, "linear layer out of the MLP hidden width; default: linear_variant", registry="linear")
 
-    # --- variant knobs ---
+    # --- block structure ---
+    norm_placement_attn: str = _f("pre", "norm around attention: pre (x + f(n(x))), post (n(x + f(x))), "
+                                  "peri (x + n(f(n(x))))", choices=NORM_PLACEMENTS)
+    norm_placement_mlp: str = _f("pre", "norm around the feed-forward block: pre, post or peri", choices=NORM_PLACEMENTS)
     mlp_expansion_factor: float = _f(4.0, "feed-forward hidden width as a multiple of n_embd")
     mlp_hidden_size: int = _f(None, "explicit feed-forward hidden width (overrides mlp_expansion_factor)")
-    norm_eps: float = _f(1e-5, "epsilon of the normalisation layers")
-    rope_theta: float = _f(10000.0, "RoPE base frequency")
-    consmax_beta_init: float = _f(2.5, "ConSmax: initial beta (learned offset subtracted before exp)")
-    consmax_gamma_init: float = _f(100.0, "ConSmax: initial gamma (learned divisor replacing the row sum)")
     init_std: float = _f(0.02, "std of the normal weight init (residual projections: / sqrt(2 n_layer))")
 
-    def __post_init__(self):
-        import variations  # noqa: F401  (fills the registry; imported here to avoid an import cycle)
-        from variations.registry import get, normalize
+    # --- per-layer lists, cycled over the layers; None: every layer uses the field without _layerlist ---
+    attention_variant_layerlist: list = _f(None, "attention per layer, cycled", registry="attention", layerlist_of="attention_variant")
+    mlp_variant_layerlist: list = _f(None, "feed-forward block per layer, cycled", registry="mlp", layerlist_of="mlp_variant")
+    norm_variant_layerlist: list = _f(None, "block norm per layer, cycled", registry="norm", layerlist_of="norm_variant")
+    activation_variant_layerlist: list = _f(None, "activation per layer, cycled", registry="activation", layerlist_of="activation_variant")
+    softmax_variant_attn_layerlist: list = _f(None, "attention softmax per layer, cycled", registry="softmax", layerlist_of="softmax_variant_attn")
 
+    def __post_init__(self):
         for f in fields(self):
-            kind = f.metadata.get("registry")
-            if kind is not None:
-                value = normalize(str(getattr(self, f.name)))
+            kind, value = f.metadata.get("registry"), getattr(self, f.name)
+            if kind is None or value is None:
+                continue
+            values = value if isinstance(value, list) else [value]
+            if isinstance(value, list) and not value:
+                raise UserError(f"--{f.name} needs at least one name")
+            checked = []
+            for v in values:
                 try:
-                    get(kind, value)
+                    get(kind, str(v))
                 except UserError as e:
                     raise UserError(f"--{f.name}: {e}") from None
-                setattr(self, f.name, value)
+                checked.append(normalize(str(v)))
+            setattr(self, f.name, checked if isinstance(value, list) else checked[0])
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise UserError(f"--{f.name}: {unknown_name_message('choice', str(getattr(self, f.name)), choices)}")
+            minimum = f.metadata.get("minimum")
+            if minimum is not None and getattr(self, f.name) < minimum:
+                raise UserError(f"--{f.name} must be at least {minimum}, got {getattr(self, f.name)}")
 
         for name in ("n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, name) < 1:
@@ -82,10 +116,30 @@ class GPTConfig:
             self.mlp_hidden_size = int(math.ceil(self.mlp_expansion_factor * self.n_embd))
         if self.mlp_hidden_size < 1:
             raise UserError(f"--mlp_hidden_size must be at least 1, got {self.mlp_hidden_size}")
+        if self.norm_variant_final is None:
+            self.norm_variant_final = self.norm_variant
+        for site in LINEAR_SITES:
+            if getattr(self, f"linear_variant_{site}") is None:
+                setattr(self, f"linear_variant_{site}", self.linear_variant)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def for_layer(self, i: int) -> "GPTConfig":
+        """The config of layer i: each *_layerlist picks its entry i (cycling) for its field."""
+        changes = {}
+        for f in fields(self):
+            target = f.metadata.get("layerlist_of")
+            value = getattr(self, f.name)
+            if target and value:
+                changes[target] = value[i % len(value)]
+                changes[f.name] = None
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def linear_for(self, site: str) -> str:
+        """The linear variant of a projection site (one of LINEAR_SITES)."""
+        return getattr(self, f"linear_variant_{site}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +152,26 @@ class GPTConfig:
             if key not in valid:
                 raise UserError(unknown_name_message("GPTConfig field", key, valid))
         return cls(**d)
+
+
+def _knob_field(k):
+    meta = {"help": k.help, "knob": True}
+    if k.choices is not None:
+        meta["choices"] = k.choices
+    if k.minimum is not None:
+        meta["minimum"] = k.minimum
+    return (k.name, k.value_type, field(default=k.default, metadata=meta))
+
+
+# GPTConfig = the core fields above + one field per knob declared in variations/ (after the core ones)
+GPTConfig = dataclasses.make_dataclass("GPTConfig", [_knob_field(k) for k in all_knobs()], bases=(_CoreConfig,))
+GPTConfig.__module__ = __name__
+GPTConfig.__doc__ = "A model: size, component names, block structure, per-layer lists and variant knobs."
+
+
+def component_flags(kind: str) -> list[str]:
+    """The GPTConfig fields that name a variant of `kind`, the main one first."""
+    return [f.name for f in dataclasses.fields(GPTConfig) if f.metadata.get("registry") == kind]
 
 
 def pad_vocab(n: int) -> int:

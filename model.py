@@ -19,22 +19,40 @@ import torch.nn.functional as F
 
 from gpt_conf import GPTConfig
 from variations.attention import KVCache
+from variations.cost import Cost, total
 from variations.registry import create
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block."""
+    """One transformer block; each sub-layer's norm placement is pre, post or peri (gpt_conf.py)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
+        self.placement_attn, self.placement_mlp = config.norm_placement_attn, config.norm_placement_mlp
         self.ln_1 = create("norm", config.norm_variant, config)
         self.attn = create("attention", config.attention_variant, config)
         self.ln_2 = create("norm", config.norm_variant, config)
         self.mlp = create("mlp", config.mlp_variant, config)
+        # peri-LN also normalises each sub-layer's output before it joins the residual stream
+        self.ln_1_out = create("norm", config.norm_variant, config) if self.placement_attn == "peri" else None
+        self.ln_2_out = create("norm", config.norm_variant, config) if self.placement_mlp == "peri" else None
+
+    @staticmethod
+    def _residual(x, f, norm, norm_out, placement: str) -> torch.Tensor:
+        if placement == "pre":
+            return x + f(norm(x))
+        if placement == "post":
+            return norm(x + f(x))
+        return x + norm_out(f(norm(x)))  # peri
 
     def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), position, cache)
-        return x + self.mlp(self.ln_2(x))
+        x = self._residual(x, lambda h: self.attn(h, position, cache), self.ln_1, self.ln_1_out, self.placement_attn)
+        return self._residual(x, self.mlp, self.ln_2, self.ln_2_out, self.placement_mlp)
+
+    def cost(self, T: int) -> dict[str, Cost]:
+        norms = [n for n in (self.ln_1, self.ln_2, self.ln_1_out, self.ln_2_out) if n is not None]
+        return {"attention": self.attn.cost(T), "mlp": self.mlp.cost(T),
+                "norms": total(n.cost(T) for n in norms), "residual": Cost(elementwise=2 * self.ln_1.weight.numel())}
 
 
 class GPT(nn.Module):
@@ -46,8 +64,8 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=create("norm", config.norm_variant, config),
+            h=nn.ModuleList([Block(config.for_layer(i)) for i in range(config.n_layer)]),
+            ln_f=create("norm", config.norm_variant_final, config),
         ))
         self.position = create("position", config.position_variant, config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -85,6 +103,21 @@ class GPT(nn.Module):
         if exclude_position:
             n -= sum(p.numel() for p in self.position.parameters())
         return n
+
+    def cost(self, T: int | None = None) -> dict[str, Cost]:
+        """Hardware cost per token at context length T (default block_size), by component, forward
+        pass (variations/cost.py). Keys: embedding, position, layer.<i>.<part>, final_norm, lm_head."""
+        T = T or self.config.block_size
+        C, V = self.config.n_embd, self.config.vocab_size
+        rows = {"embedding": Cost(params=V * C, act_mem=0),  # a table lookup: no arithmetic
+                "position": self.position.cost(T)}
+        for i, block in enumerate(self.transformer.h):
+            for part, c in block.cost(T).items():
+                rows[f"layer.{i}.{part}"] = c
+            rows[f"layer.{i}.position"] = self.position.layer_cost(T)
+        rows["final_norm"] = self.transformer.ln_f.cost(T)
+        rows["lm_head"] = Cost(macs=C * V, act_mem=C)  # weights tied to the embedding: no parameters
+        return rows
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token, forward + backward (PaLM appendix B; nanoGPT's MFU estimate):
@@ -146,6 +179,7 @@ class GPT(nn.Module):
         `on_token(next_ids)` is called with each new (B, 1) batch of ids, e.g. to stream text.
         """
         block = self.config.block_size
+        normalizer = create("softmax", self.config.softmax_variant_output, self.config).to(idx.device)
         caches = None
         if use_cache:
             caches = self.new_kv_caches(idx.size(0), idx.device, self.lm_head.weight.dtype)
@@ -157,7 +191,7 @@ class GPT(nn.Module):
             if vocab_limit is not None and vocab_limit < last.size(-1):
                 last = last.clone()
                 last[:, vocab_limit:] = float("-inf")
-            idx_next = sample_next(last, temperature, top_k, top_p, generator)  # (B, 1)
+            idx_next = sample_next(last, temperature, top_k, top_p, generator, normalizer)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             if on_token is not None:
                 on_token(idx_next)
@@ -170,22 +204,31 @@ class GPT(nn.Module):
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                top_p: float | None = None, generator: torch.Generator | None = None,
+                normalizer: nn.Module | None = None) -> torch.Tensor:
     """Pick the next token from logits (B, V): greedy at temperature 0, else sample after top-k and
-    nucleus (top-p) filtering. Returns (B, 1) ids."""
+    nucleus (top-p) filtering. `normalizer` (a softmax-registry module, --softmax_variant_output)
+    turns logits into weights, renormalised to sum to one; default: softmax. Returns (B, 1) ids."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
+    keep = torch.ones_like(logits, dtype=torch.bool)
     if top_k is not None and top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        keep &= logits >= kth
+
+    def probabilities(mask):
+        w = normalizer(logits, mask) if normalizer is not None else torch.softmax(
+            logits.masked_fill(~mask, float("-inf")), dim=-1)
+        w = w.float().clamp(min=0).masked_fill(~mask, 0.0)
+        return w / w.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+
+    probs = probabilities(keep)
     if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(logits, dim=-1)
+        sorted_probs, order = torch.sort(probs, descending=True)
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # keep the smallest set reaching top_p
+        keep &= ~torch.zeros_like(keep).scatter(-1, order, drop_sorted)
+        probs = probabilities(keep)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 

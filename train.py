@@ -25,7 +25,7 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -517,13 +517,14 @@ def print_variants():
     from rich.table import Table
 
     from variations.registry import KINDS, describe
-    flag_of = {f.metadata["registry"]: f.name for f in fields(GPTConfig) if "registry" in f.metadata}
+    from gpt_conf import component_flags
+    flag_of = {kind: ", ".join(f"--{f}" for f in component_flags(kind)) for kind in KINDS}
     table = Table(title="registered components")
     for col in ("kind", "flag", "name", "description"):
         table.add_column(col)
     for kind in KINDS:
         for i, (name, doc) in enumerate(describe(kind)):
-            table.add_row(kind if i == 0 else "", f"--{flag_of.get(kind, '')}" if i == 0 else "", name, doc)
+            table.add_row(kind if i == 0 else "", flag_of[kind] if i == 0 else "", name, doc)
         table.add_section()
     Console().print(table)
 

@@ -142,9 +142,11 @@ def coerce(name: str, value):
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str)}[typ](value)
+          str: lambda v: isinstance(v, str),
+          list: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}[typ](value)
     if not ok:
-        raise UserError(f"setting '{name}' must be {typ.__name__}, got {value!r}")
+        what = "a list of names" if typ is list else typ.__name__
+        raise UserError(f"setting '{name}' must be {what}, got {value!r}")
     if typ is float:
         value = float(value)
     choices = _choices(meta)
@@ -209,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs = dict(help=help_text, default=argparse.SUPPRESS)  # SUPPRESS: only typed flags appear
         if typ is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif typ is list:  # a per-layer list of registry names: --attention_variant_layerlist causal linear
+            kwargs["nargs"] = "+"
+            kwargs["type"] = _choice_type(str, lambda meta=meta: _choices(meta), meta["registry"])
+            kwargs["metavar"] = "NAME"
         elif _choices(meta) is not None:
             kwargs["type"] = _choice_type(typ, lambda meta=meta: _choices(meta), meta.get("registry", f"value of --{name}"))
             kwargs["metavar"] = "{" + ",".join(_choices(meta)) + "}"

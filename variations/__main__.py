@@ -9,7 +9,6 @@ is current.
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from variations.registry import KINDS, describe
@@ -19,8 +18,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def markdown_table() -> str:
-    from gpt_conf import GPTConfig
-    flag_of = {f.metadata["registry"]: f.name for f in fields(GPTConfig) if "registry" in f.metadata}
+    from gpt_conf import component_flags
+    flag_of = {kind: component_flags(kind)[0] for kind in KINDS}
     lines = ["| flag | name | what it is |", "| --- | --- | --- |"]
     for kind in KINDS:
         for name, doc in describe(kind):

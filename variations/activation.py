@@ -1,6 +1,7 @@
 """Activation functions (used inside the `mlp` feed-forward block): `--activation_variant NAME`.
 
-Every class takes `(config)` and maps a tensor to a tensor of the same shape.
+Every class takes `(config)` and maps a tensor to a tensor of the same shape; `cost(n)` counts the
+operations for n elements (variations/cost.py).
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from variations.cost import Cost
 from variations.registry import register
 
 
@@ -21,6 +23,9 @@ class GELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(x)
 
+    def cost(self, n: int) -> Cost:
+        return Cost(elementwise=3 * n, exp=n, act_mem=n)  # 0.5 x (1 + erf(x / sqrt 2)): erf counted as one exp
+
 
 @register("activation", "relu")
 class ReLU(nn.Module):
@@ -31,6 +36,9 @@ class ReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
+
+    def cost(self, n: int) -> Cost:
+        return Cost(cmp=n, act_mem=n)
 
 
 @register("activation", "silu")
@@ -43,6 +51,9 @@ class SiLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.silu(x)
 
+    def cost(self, n: int) -> Cost:
+        return Cost(elementwise=n, exp=n, div=n, act_mem=n)  # x / (1 + exp(-x))
+
 
 @register("activation", "squared_relu")
 class SquaredReLU(nn.Module):
@@ -53,3 +64,6 @@ class SquaredReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x).square()
+
+    def cost(self, n: int) -> Cost:
+        return Cost(elementwise=n, cmp=n, act_mem=n)

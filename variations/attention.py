@@ -2,8 +2,9 @@
 
 Every class takes `(config)`; `forward(x, position, cache=None)` maps (B, T, n_embd) to
 (B, T, n_embd). `position` is the model's shared positional encoding (variations/position.py);
-`cache` is this layer's KVCache during generation. The output projection is named `c_proj`, which
-gives it the scaled residual init (model.py).
+`cache` is this layer's KVCache during generation. `cost(T)` counts the operations per token at
+context length T. Projections come from the linear registry (sites attn_qkv and attn_proj); the
+output projection is named `c_proj`, which gives it the scaled residual init (model.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from variations.cost import Cost
 from variations.registry import create, register
 
 
@@ -60,9 +62,10 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         # q, k, v in one matmul: n_head query heads, n_kv_head key and value heads
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim,
-                                bias=config.bias)
-        self.c_proj = nn.Linear(config.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        self.c_attn = create("linear", config.linear_for("attn_qkv"), config, config.n_embd,
+                             (config.n_head + 2 * config.n_kv_head) * self.head_dim, config.bias)
+        self.c_proj = create("linear", config.linear_for("attn_proj"), config, config.n_head * self.head_dim,
+                             config.n_embd, config.bias)
         self.softmax = create("softmax", config.softmax_variant_attn, config)
         self.use_sdpa = bool(getattr(self.softmax, "sdpa_compatible", False))
         self.dropout = config.dropout
@@ -81,10 +84,14 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nkv, start + T, hs)
         t_k = k.size(2)
+        bias = position.score_bias(T, t_k, x.device)  # (nh, T, t_k) or None
 
         if self.use_sdpa:
-            # is_causal aligns the mask top-left, which is right only when queries and keys coincide
-            mask = None if t_k == T else causal_mask(T, t_k, x.device)
+            mask = None
+            if bias is not None:  # the causal mask folded into the additive bias
+                mask = bias.to(q.dtype).masked_fill(~causal_mask(T, t_k, x.device), float("-inf"))
+            elif t_k != T:  # is_causal aligns the mask top-left: right only when queries and keys coincide
+                mask = causal_mask(T, t_k, x.device)
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None,
                 dropout_p=self.dropout if self.training else 0.0, enable_gqa=nkv != nh)
@@ -93,7 +100,16 @@ class CausalSelfAttention(nn.Module):
                 k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, t_k, hs)
                 v = v.repeat_interleave(nh // nkv, dim=1)
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, t_k)
+            if bias is not None:
+                scores = scores + bias
             att = self.softmax(scores, causal_mask(T, t_k, x.device))
             y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))
+
+    def cost(self, T: int) -> Cost:
+        """Per token at context T: projections, n_head rows of T scores (full matrix), the normaliser,
+        the weighted sum. The fused SDPA path keeps no T x T matrix for the backward pass."""
+        nh, hs = self.n_head, self.head_dim
+        attn = Cost(macs=2 * nh * T * hs, elementwise=nh * T, act_mem=(0 if self.use_sdpa else 2 * nh * T) + 3 * nh * hs)
+        return self.c_attn.cost(T) + attn + self.softmax.cost(nh, T) + self.c_proj.cost(T)

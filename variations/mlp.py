@@ -1,15 +1,16 @@
 """Feed-forward blocks: `--mlp_variant NAME`; hidden width from --mlp_hidden_size or
 --mlp_expansion_factor x n_embd.
 
-Every class takes `(config)` and maps (B, T, n_embd) -> (B, T, n_embd). The projection back into
-the residual stream is named `c_proj`, which gives it the scaled residual init (model.py).
+Every class takes `(config)` and maps (B, T, n_embd) -> (B, T, n_embd); `cost(T)` counts its
+operations per token. The projections come from the linear registry (sites mlp_up and mlp_down); the
+one back into the residual stream is named `c_proj`, which gives it the scaled residual init.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from variations.cost import Cost
 from variations.registry import create, register
 
 
@@ -19,13 +20,17 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden_size, bias=config.bias)
+        self.c_fc = create("linear", config.linear_for("mlp_up"), config, config.n_embd, config.mlp_hidden_size, config.bias)
         self.act = create("activation", config.activation_variant, config)
-        self.c_proj = nn.Linear(config.mlp_hidden_size, config.n_embd, bias=config.bias)
+        self.c_proj = create("linear", config.linear_for("mlp_down"), config, config.mlp_hidden_size, config.n_embd,
+                             config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+    def cost(self, T: int = 1) -> Cost:
+        return self.c_fc.cost(T) + self.act.cost(self.c_fc.out_features) + self.c_proj.cost(T)
 
 
 @register("mlp", "swiglu")
@@ -38,10 +43,18 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 2 * config.mlp_hidden_size, bias=config.bias)
-        self.c_proj = nn.Linear(config.mlp_hidden_size, config.n_embd, bias=config.bias)
+        self.c_fc = create("linear", config.linear_for("mlp_up"), config, config.n_embd, 2 * config.mlp_hidden_size,
+                           config.bias)
+        self.c_proj = create("linear", config.linear_for("mlp_down"), config, config.mlp_hidden_size, config.n_embd,
+                             config.bias)
+        self.act = create("activation", "silu", config)  # fixed: this is what makes it SwiGLU
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
-        return self.dropout(self.c_proj(F.silu(gate) * up))
+        return self.dropout(self.c_proj(self.act(gate) * up))
+
+    def cost(self, T: int = 1) -> Cost:
+        hidden = self.c_proj.in_features
+        return (self.c_fc.cost(T) + self.act.cost(hidden) + Cost(elementwise=hidden, act_mem=hidden)
+                + self.c_proj.cost(T))

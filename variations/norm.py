@@ -8,10 +8,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from variations.registry import register
+from variations.cost import Cost
+from variations.registry import knob, register
+
+NORM_EPS = knob("norm_eps", 1e-5, "epsilon added to the variance / mean square of the norms", minimum=0.0)
 
 
-@register("norm", "layernorm")
+@register("norm", "layernorm", knobs=[NORM_EPS])
 class LayerNorm(nn.Module):
     """LayerNorm (Ba et al., 2016): (x - mean) / sqrt(var + eps) * w (+ b when --bias)."""
 
@@ -24,8 +27,14 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
+    def cost(self, T: int = 1) -> Cost:
+        C = self.weight.numel()
+        b = self.bias is not None
+        # mean and variance (two row sums), subtract, square, one rsqrt, scale, weight (+ bias)
+        return Cost(params=C * (2 if b else 1), elementwise=C * (4 + b), sqrt=1, div=2, reduce=2 * C, act_mem=C)
 
-@register("norm", "rmsnorm")
+
+@register("norm", "rmsnorm", knobs=[NORM_EPS])
 class RMSNorm(nn.Module):
     """RMSNorm (Zhang & Sennrich, 2019): x / sqrt(mean(x^2) + eps) * w; no centring, no bias."""
 
@@ -36,3 +45,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+    def cost(self, T: int = 1) -> Cost:
+        C = self.weight.numel()
+        # mean square (one row sum), one rsqrt, scale, weight
+        return Cost(params=C, elementwise=3 * C, sqrt=1, div=1, reduce=C, act_mem=C)

@@ -1,16 +1,22 @@
 """Positional encodings: `--position_variant NAME`.
 
-One instance per model, shared by all layers. Every class takes `(config)` and has two hooks,
-each the identity unless the variant needs it:
-  embed(x, start)       x: token embeddings (B, T, C) at absolute positions start..start+T-1
-  rotate(q, k, start)   q: (B, n_head, T, hs), k: (B, n_kv_head, T, hs), before attention scores
+One instance per model, shared by all layers. Every class takes `(config)` and has three hooks,
+each a no-op unless the variant needs it:
+  embed(x, start)             x: token embeddings (B, T, C) at absolute positions start..start+T-1
+  rotate(q, k, start)         q: (B, n_head, T, hs), k: (B, n_kv_head, T, hs), before attention scores
+  score_bias(t_q, t_k, dev)   additive bias (n_head, t_q, t_k) on the attention scores, or None
+Costs (variations/cost.py): `cost(T)` once per token at the embedding, `layer_cost(T)` per token in
+every attention layer.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from variations.registry import register
+from variations.cost import Cost
+from variations.registry import knob, register
+
+ROPE_THETA = knob("rope_theta", 10000.0, "RoPE base frequency", minimum=1.0)
 
 
 class PositionEncoding(nn.Module):
@@ -25,6 +31,15 @@ class PositionEncoding(nn.Module):
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, start: int = 0):
         return q, k
+
+    def score_bias(self, t_q: int, t_k: int, device) -> torch.Tensor | None:
+        return None
+
+    def cost(self, T: int) -> Cost:
+        return Cost(params=sum(p.numel() for p in self.parameters(recurse=False)))
+
+    def layer_cost(self, T: int) -> Cost:
+        return Cost()
 
 
 @register("position", "none")
@@ -44,8 +59,11 @@ class LearnedPosition(PositionEncoding):
         pos = torch.arange(start, start + x.size(1), device=x.device)  # (T,)
         return x + self.wpe(pos)  # (B, T, C) + (T, C)
 
+    def cost(self, T: int) -> Cost:
+        return Cost(params=self.wpe.weight.numel(), elementwise=self.wpe.embedding_dim)  # one add per channel
 
-@register("position", "rope")
+
+@register("position", "rope", knobs=[ROPE_THETA])
 class RotaryPosition(PositionEncoding):
     """Rotary position embedding (RoFormer, Su et al., 2021), half-split pairing, base --rope_theta.
 
@@ -55,6 +73,7 @@ class RotaryPosition(PositionEncoding):
 
     def __init__(self, config):
         super().__init__(config)
+        self.n_rotated = (config.n_head + config.n_kv_head) * config.head_dim  # q and k channels per token
         hs = config.head_dim
         inv_freq = config.rope_theta ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)  # (hs/2,)
         angles = torch.outer(torch.arange(config.block_size, dtype=torch.float64), inv_freq)  # (block, hs/2)
@@ -70,3 +89,6 @@ class RotaryPosition(PositionEncoding):
         T = q.size(2)
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hs/2)
         return self._rotate_pairs(q, cos, sin), self._rotate_pairs(k, cos, sin)
+
+    def layer_cost(self, T: int) -> Cost:
+        return Cost(elementwise=3 * self.n_rotated)  # per channel: two multiplies and an add

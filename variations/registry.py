@@ -11,17 +11,53 @@
 A name that is not registered raises `UserError` (a `ValueError`) naming the kind, the closest
 valid name and all valid names. Registering a name twice raises. Variant names are typed only in
 the `@register` decorators; everything else derives from `names()`.
+
+Knobs (settings only some variants read) are declared next to their variant and attached to it:
+
+    BASE = knob("strongermax_base", 2.0, "base of the exponent")
+    @register("softmax", "strongermax", knobs=[BASE])
+
+GPTConfig gains one field per declared knob (gpt_conf.py), so each knob is a train.py flag and a
+config-file key without being listed anywhere else.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
 
 from errors import UserError, unknown_name_message
 
 # The component kinds, in the order docs and --list_variants show them.
-KINDS = ("attention", "mlp", "norm", "activation", "softmax", "position")
+KINDS = ("attention", "mlp", "norm", "activation", "softmax", "position", "linear")
 
 _REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A setting read by some variants; becomes GPTConfig field `name` and flag `--name`."""
+    name: str
+    default: Any
+    help: str
+    value_type: type
+    choices: tuple | None = None
+    minimum: float | None = None  # inclusive lower bound, checked by GPTConfig
+
+
+_KNOBS: dict[str, Knob] = {}
+_VARIANT_KNOBS: dict[tuple[str, str], tuple[Knob, ...]] = {}
+
+
+def knob(name: str, default, help: str, value_type: type | None = None, choices: Iterable | None = None,
+         minimum: float | None = None) -> Knob:
+    """Declare a knob (once; declaring the same knob again identically returns it). The type is the
+    default's unless given (needed when the default is None)."""
+    k = Knob(name, default, help, value_type or type(default), tuple(choices) if choices is not None else None,
+             minimum)
+    if name in _KNOBS and _KNOBS[name] != k:
+        raise ValueError(f"knob '{name}' is declared twice with different settings: {_KNOBS[name]} vs {k}")
+    _KNOBS[name] = k
+    return k
 
 T = TypeVar("T", bound=type)
 
@@ -37,15 +73,20 @@ def _kind_table(kind: str) -> dict[str, type]:
     return _REGISTRY[kind]
 
 
-def register(kind: str, name: str) -> Callable[[T], T]:
-    """Class decorator: make `cls` available as `name` among the variants of `kind`."""
+def register(kind: str, name: str, knobs: Iterable[Knob] = ()) -> Callable[[T], T]:
+    """Class decorator: make `cls` available as `name` among the variants of `kind`, reading `knobs`."""
     table = _kind_table(kind)
     key = normalize(name)
+    knobs = tuple(knobs)
+    for k in knobs:
+        if _KNOBS.get(k.name) is not k:
+            raise ValueError(f"{kind} '{key}': knob '{k.name}' must be declared with knob() first")
 
     def decorator(cls: T) -> T:
         if key in table:
             raise ValueError(f"{kind} '{key}' is already registered (by {table[key].__qualname__})")
         table[key] = cls
+        _VARIANT_KNOBS[(kind, key)] = knobs
         cls.registry_kind, cls.registry_name = kind, key
         return cls
 
@@ -79,3 +120,14 @@ def describe(kind: str) -> list[tuple[str, str]]:
         doc = (table[key].__doc__ or "").strip().splitlines()
         out.append((key, doc[0] if doc else ""))
     return out
+
+
+def all_knobs() -> list[Knob]:
+    """Every declared knob, in declaration order."""
+    return list(_KNOBS.values())
+
+
+def variant_knobs(kind: str, name: str) -> tuple[Knob, ...]:
+    """The knobs the variant `name` of `kind` reads."""
+    get(kind, name)
+    return _VARIANT_KNOBS[(kind, normalize(name))]

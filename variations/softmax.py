@@ -3,7 +3,8 @@
 Every class takes `(config)`; `forward(scores, mask=None)` maps scores (..., T_q, T_k) to weights of
 the same shape and dtype. `mask` is a boolean tensor broadcastable to the scores, True where a key
 may be attended; masked positions get exactly zero weight, and a fully masked row is all zeros.
-Work is done in fp32 and cast back, so bf16/fp16 scores are safe.
+Work is done in fp32 and cast back, so bf16/fp16 scores are safe. `cost(rows, row_len)` counts the
+operations for `rows` rows of `row_len` scores (variations/cost.py).
 
 A class whose `sdpa_compatible` is True computes exactly the standard softmax, so attention may
 hand the whole computation to `F.scaled_dot_product_attention` (FlashAttention) instead.
@@ -13,7 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from variations.registry import register
+from variations.cost import Cost
+from variations.registry import knob, register
+
+CONSMAX_BETA = knob("consmax_beta_init", 2.5, "ConSmax: initial beta (learned offset subtracted before exp)")
+CONSMAX_GAMMA = knob("consmax_gamma_init", 100.0, "ConSmax: initial gamma (learned divisor replacing the row sum)")
 
 
 @register("softmax", "softmax")
@@ -34,8 +39,13 @@ class Softmax(nn.Module):
             y = y.masked_fill(~mask, 0.0)  # a fully masked row is NaN after softmax: make it 0
         return y.to(x.dtype)
 
+    def cost(self, rows: int, row_len: int) -> Cost:
+        n = rows * row_len
+        # row max, subtract, exp, row sum, divide
+        return Cost(elementwise=n, exp=n, div=n, cmp=n, reduce=2 * n, act_mem=n)
 
-@register("softmax", "consmax")
+
+@register("softmax", "consmax", knobs=[CONSMAX_BETA, CONSMAX_GAMMA])
 class ConSmax(nn.Module):
     """ConSmax (Liu et al., 2024): exp(x - beta) / gamma with learnable scalars beta and gamma.
 
@@ -60,3 +70,8 @@ class ConSmax(nn.Module):
         if x.dtype != torch.float32:
             y = y.clamp(max=torch.finfo(x.dtype).max)
         return y.to(x.dtype)
+
+    def cost(self, rows: int, row_len: int) -> Cost:
+        n = rows * row_len
+        # subtract beta, exp, divide by gamma: no max, no row sum
+        return Cost(params=2, elementwise=n, exp=n, div=n, act_mem=n)

@@ -47,7 +47,7 @@ class _CoreConfig:
     norm_variant: str = _f("layernorm", "normalisation layer of the blocks", registry="norm", per_layer=True)
     activation_variant: str = _f("gelu", "activation of the feed-forward block", registry="activation", per_layer=True)
     softmax_variant_attn: str = _f("softmax", "normaliser of the attention scores", registry="softmax", per_layer=True)
-    softmax_variant_output: str = _f("softmax", "turns output logits into sampling probabilities", registry="softmax")
+    softmax_variant_output: str = _f("softmax", "turns output logits into sampling probabilities (renormalised; training keeps cross-entropy, so learned constants stay at their init)", registry="softmax")
     position_variant: str = _f("learned", "positional encoding", registry="position")
     norm_variant_final: str = _f(None, "norm before the LM head; default: norm_variant", registry="norm")
     linear_variant: str = _f("linear", "linear layer of every projection (sites below override it)", registry="linear")

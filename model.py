@@ -29,6 +29,7 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.placement_attn, self.placement_mlp = config.norm_placement_attn, config.norm_placement_mlp
+        self.n_embd = config.n_embd
         self.ln_1 = create("norm", config.norm_variant, config)
         self.attn = create("attention", config.attention_variant, config)
         self.ln_2 = create("norm", config.norm_variant, config)
@@ -52,7 +53,7 @@ class Block(nn.Module):
     def cost(self, T: int) -> dict[str, Cost]:
         norms = [n for n in (self.ln_1, self.ln_2, self.ln_1_out, self.ln_2_out) if n is not None]
         return {"attention": self.attn.cost(T), "mlp": self.mlp.cost(T),
-                "norms": total(n.cost(T) for n in norms), "residual": Cost(elementwise=2 * self.ln_1.weight.numel())}
+                "norms": total(n.cost(T) for n in norms), "residual": Cost(elementwise=2 * self.n_embd)}
 
 
 class GPT(nn.Module):
@@ -221,7 +222,10 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         w = normalizer(logits, mask) if normalizer is not None else torch.softmax(
             logits.masked_fill(~mask, float("-inf")), dim=-1)
         w = w.float().clamp(min=0).masked_fill(~mask, 0.0)
-        return w / w.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+        dead = w.sum(dim=-1, keepdim=True) <= 0  # e.g. relumax with every kept logit negative
+        if dead.any():  # such a row falls back to softmax over the kept logits
+            w = torch.where(dead, torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1), w)
+        return w / w.sum(dim=-1, keepdim=True)
 
     probs = probabilities(keep)
     if top_p is not None and 0.0 < top_p < 1.0:

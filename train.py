@@ -40,6 +40,7 @@ from gpt_conf import GPTConfig, pad_vocab
 from io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint
 from model import GPT, estimate_mfu, peak_flops
 from train_args import TrainConfig
+from variations.cost import cost_table, group_by_component, per_token_summary
 
 DATA_ROOT = Path(__file__).resolve().parent / "data"
 EVAL_SEED_OFFSET = 100_003  # evaluation batches come from their own generator: the same batches each eval
@@ -189,7 +190,9 @@ class Reporter:
             return
         from rich.console import Console
         self.console = Console()
-        if self.console.is_terminal:
+        if not self.console.is_terminal:
+            self.console = Console(width=160)  # a log file: keep tables whole rather than 80 columns
+        else:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                      TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console)
@@ -409,7 +412,14 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             truncate_metrics(out_dir / "metrics.jsonl", start_iter)
         atomic_write_json(out_dir / "config.json", train_args.resolved_dict(model_config, tc))
         atomic_write_json(out_dir / "meta.json", {k: v for k, v in meta.items() if k != "data_dir"})
+    cost_rows = model.cost(model_config.block_size)
+    if dd.master:
+        atomic_write_json(out_dir / "cost.json", {"context": model_config.block_size,
+                                                  "rows": {k: c.to_dict() for k, c in cost_rows.items()}})
     report = Reporter(out_dir, tc.max_iters, start_iter, dd.master)
+    if tc.print_cost and dd.master:
+        report.console.print(cost_table(group_by_component(cost_rows),
+                                        f"hardware cost per token, forward, context {model_config.block_size}"))
     report.line(f"{'resuming' if start_iter else 'training'} {model.num_params() / 1e6:.2f}M parameters on "
                 f"{trainer.device} ({str(trainer.dtype).removeprefix('torch.')}, {dd.world_size} process(es)), "
                 f"{trainer.tokens_per_iter:,} tokens/step, from step {start_iter} -> {out_dir}")
@@ -436,7 +446,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             "mfu": estimate_mfu(model, tokens_per_s, peak) if tokens_per_s else None,
             "peak_memory_bytes": peak_memory_bytes(trainer.device), "wall_time_s": wall(),
             "device": str(trainer.device), "dtype": str(trainer.dtype).removeprefix("torch."),
-            "world_size": dd.world_size,
+            "world_size": dd.world_size, **per_token_summary(cost_rows),
         }
 
     def checkpoint(best: bool):

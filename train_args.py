@@ -60,6 +60,7 @@ class TrainConfig:
     eval_interval: int = _f(250, "evaluate (and checkpoint) every this many steps", "logging")
     eval_iters: int = _f(20, "batches per split in each evaluation", "logging")
     log_interval: int = _f(10, "log the training loss every this many steps", "logging")
+    print_cost: bool = _f(False, "print the hardware cost per component (MACs, exp, div, ... per token) before training", "logging")
     # --- system ---
     device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", "system")
     dtype: str = _f("auto", "auto: bfloat16 on CUDA that supports it, float16 on other CUDA, else float32", "system", choices=DTYPES)

@@ -100,3 +100,12 @@ def test_forward_rejects_too_long_input():
     m = GPT(tiny_config())
     with pytest.raises(ValueError, match="exceeds block_size 16"):
         m(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_output_normaliser_with_all_zero_weights_falls_back_to_softmax():
+    from variations.registry import create
+    relumax = create("softmax", "relumax", tiny_config())
+    logits = torch.tensor([[-3.0, -1.0, -2.0]])  # relu of every logit is 0
+    draws = {sample_next(logits, 1.0, normalizer=relumax, generator=torch.Generator().manual_seed(0)).item()
+             for _ in range(50)}
+    assert draws <= {0, 1, 2} and 1 in draws

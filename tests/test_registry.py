@@ -101,3 +101,21 @@ def test_readme_table_is_generated_from_the_registry():
     from variations.__main__ import README, readme_with_table
     text = README.read_text()
     assert readme_with_table(text) == text, "README's variant table is stale: run python -m variations --readme"
+
+
+def test_docs_are_generated_from_the_registry():
+    from variations.__main__ import DOCS, docs_markdown
+    assert DOCS.read_text() == docs_markdown(), "docs/variations.md is stale: run python -m variations --docs"
+
+
+def test_knobs_are_flags_and_config_fields():
+    from gpt_conf import GPTConfig
+    from variations.registry import all_knobs
+    fields = GPTConfig.__dataclass_fields__
+    parser_dests = {a.dest for a in train_args.build_parser()._actions}
+    for k in all_knobs():
+        assert k.name in fields and fields[k.name].default == k.default
+        assert k.name in parser_dests
+    with pytest.raises(ValueError, match="declared twice"):
+        from variations.registry import knob
+        knob("norm_eps", 1e-3, "another default")

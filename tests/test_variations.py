@@ -236,3 +236,23 @@ def test_mlp_hidden_size():
     x = torch.randn(2, 3, 32)
     gate, up = m.c_fc(x).chunk(2, -1)
     torch.testing.assert_close(m(x), m.c_proj(F.silu(gate) * up))
+
+
+@pytest.mark.parametrize("kind,name", EVERY_VARIANT, ids=[f"{k}-{n}" for k, n in EVERY_VARIANT])
+def test_one_layer_model_learns(kind, name):
+    """A 1-layer model with the variant fits a fixed batch: its loss falls within 25 AdamW steps."""
+    cfg = tiny_config(n_layer=1, **{FIELD_OF_KIND[kind]: name})
+    model = GPT(cfg)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, cfg.vocab_size, (4, cfg.block_size + 1), generator=gen)
+    x, y = data[:, :-1], data[:, 1:]
+    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), "cpu")
+    losses = []
+    for _ in range(25):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.3, losses

@@ -14,8 +14,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from errors import UserError
 from variations.cost import Cost
-from variations.registry import create, register
+from variations.norm import NORM_EPS  # the epsilon of --qk_norm
+from variations.registry import create, get, knob, register
+
+QK_NORM = knob("qk_norm", False, "causal attention: RMS-normalise queries and keys per head, with a learned "
+               "per-channel weight, before the scores (QK-norm; Dehghani et al. 2023, OLMo 2)")
+WINDOW_SIZE = knob("window_size", None, "causal attention: local window; a query sees itself and the "
+                   "window_size - 1 positions before it (default: every earlier position)", value_type=int)
+ATTN_LOGIT_SOFTCAP = knob("attn_logit_softcap", None, "causal attention: soft-cap the scores as "
+                          "cap * tanh(score / cap) (Gemma 2); uses the explicit path", value_type=float)
 
 
 class KVCache:
@@ -31,43 +40,96 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, n_kv_head, T, hs) after the filled part; return all keys/values so far."""
-        end = self.length + k.size(2)
+    def _advance(self, n: int) -> int:
+        end = self.length + n
         if end > self.k.size(2):
             raise ValueError(f"KV cache holds {self.k.size(2)} positions; cannot append up to {end}")
+        return end
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_kv_head, T, hs) after the filled part; return all keys/values so far."""
+        end = self._advance(k.size(2))
         self.k[:, :, self.length:end] = k
         self.v[:, :, self.length:end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
-
-def causal_mask(t_q: int, t_k: int, device) -> torch.Tensor:
-    """(t_q, t_k) bool, True where query i (absolute position t_k - t_q + i) may see key j."""
-    offset = t_k - t_q
-    q_pos = torch.arange(t_q, device=device).unsqueeze(1) + offset
-    return torch.arange(t_k, device=device).unsqueeze(0) <= q_pos
+    def skip(self, n: int) -> None:
+        """Count n positions as filled without storing anything (a layer that keeps no keys), so
+        that `length` still tells the model the absolute position of the next token."""
+        self.length = self._advance(n)
 
 
-@register("attention", "causal")
+def causal_mask(t_q: int, t_k: int, device, window: int | None = None) -> torch.Tensor:
+    """(t_q, t_k) bool, True where query i (absolute position p = t_k - t_q + i) may see key j:
+    j <= p, and with a window also j > p - window (the last `window` positions, itself included)."""
+    q_pos = torch.arange(t_q, device=device).unsqueeze(1) + (t_k - t_q)  # (t_q, 1)
+    k_pos = torch.arange(t_k, device=device).unsqueeze(0)  # (1, t_k)
+    keep = k_pos <= q_pos
+    if window is not None:
+        keep &= k_pos > q_pos - window
+    return keep
+
+
+def _split_heads(attn: nn.Module, x: torch.Tensor):
+    """x (B, T, C) -> q (B, nh, T, hs), k and v (B, nkv, T, hs) from the fused c_attn projection."""
+    B, T, _ = x.shape
+    hs, nh, nkv = attn.head_dim, attn.n_head, attn.n_kv_head
+    q, k, v = attn.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+    q = q.view(B, T, nh, hs).transpose(1, 2)
+    k = k.view(B, T, nkv, hs).transpose(1, 2)
+    v = v.view(B, T, nkv, hs).transpose(1, 2)
+    return q, k, v
+
+
+def _qkv_projections(config):
+    """q, k, v in one matmul (n_head query heads, n_kv_head key and value heads), and the output."""
+    hs = config.head_dim
+    c_attn = create("linear", config.linear_for("attn_qkv"), config, config.n_embd,
+                    (config.n_head + 2 * config.n_kv_head) * hs, config.bias)
+    c_proj = create("linear", config.linear_for("attn_proj"), config, config.n_head * hs, config.n_embd, config.bias)
+    return c_attn, c_proj
+
+
+class HeadRMSNorm(nn.Module):
+    """RMSNorm over the channels of each head: x / sqrt(mean(x^2) + eps) * w, w of size head_dim."""
+
+    def __init__(self, head_dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, h, T, hs)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+@register("attention", "causal", knobs=[QK_NORM, WINDOW_SIZE, ATTN_LOGIT_SOFTCAP, NORM_EPS])
 class CausalSelfAttention(nn.Module):
-    """Causal self-attention with grouped-query heads (--n_kv_head) and a pluggable --softmax_variant_attn.
+    """Causal softmax attention (Vaswani et al., 2017) with GQA (Ainslie et al., 2023); optional QK-norm, local window, logit soft-cap.
 
-    Multi-head attention (Vaswani et al., 2017); grouped-query heads (Ainslie et al., 2023).
     Plain softmax runs through F.scaled_dot_product_attention (FlashAttention where available);
-    any other normaliser uses the explicit path: scores, causal mask, normaliser, weighted sum.
+    any other normaliser, and --attn_logit_softcap, use the explicit path: scores, soft-cap, position
+    bias, mask, normaliser, weighted sum. --qk_norm RMS-normalises q and k per head before the
+    rotation (Dehghani et al., 2023; OLMo 2). --window_size W restricts query i to keys
+    i - W < j <= i (local attention as in Longformer / Mistral), on both paths and with the KV cache.
+    The soft-cap cap * tanh(s / cap) (Gemma 2) applies to q.k / sqrt(hs), before the position bias.
     """
 
     def __init__(self, config):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        # q, k, v in one matmul: n_head query heads, n_kv_head key and value heads
-        self.c_attn = create("linear", config.linear_for("attn_qkv"), config, config.n_embd,
-                             (config.n_head + 2 * config.n_kv_head) * self.head_dim, config.bias)
-        self.c_proj = create("linear", config.linear_for("attn_proj"), config, config.n_head * self.head_dim,
-                             config.n_embd, config.bias)
+        if config.window_size is not None and config.window_size < 1:
+            raise UserError(f"--window_size must be at least 1 (or unset for full causal attention), "
+                            f"got {config.window_size}")
+        if config.attn_logit_softcap is not None and not config.attn_logit_softcap > 0:
+            raise UserError(f"--attn_logit_softcap must be positive (or unset for no cap), got {config.attn_logit_softcap}")
+        self.window = config.window_size
+        self.softcap = config.attn_logit_softcap
+        self.c_attn, self.c_proj = _qkv_projections(config)
+        self.q_norm = HeadRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = HeadRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.softmax = create("softmax", config.softmax_variant_attn, config)
-        self.use_sdpa = bool(getattr(self.softmax, "sdpa_compatible", False))
+        self.use_sdpa = bool(getattr(self.softmax, "sdpa_compatible", False)) and self.softcap is None
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -75,23 +137,23 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         hs, nh, nkv = self.head_dim, self.n_head, self.n_kv_head
-        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
-        q = q.view(B, T, nh, hs).transpose(1, 2)   # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k, v = _split_heads(self, x)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         start = cache.length if cache is not None else 0
         q, k = position.rotate(q, k, start)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nkv, start + T, hs)
         t_k = k.size(2)
         bias = position.score_bias(T, t_k, x.device)  # (nh, T, t_k) or None
+        windowed = self.window is not None and self.window < t_k  # does the window hide any key?
 
         if self.use_sdpa:
             mask = None
-            if bias is not None:  # the causal mask folded into the additive bias
-                mask = bias.to(q.dtype).masked_fill(~causal_mask(T, t_k, x.device), float("-inf"))
-            elif t_k != T:  # is_causal aligns the mask top-left: right only when queries and keys coincide
-                mask = causal_mask(T, t_k, x.device)
+            if bias is not None or windowed or t_k != T:  # is_causal aligns top-left: only right when t_k == T
+                keep = causal_mask(T, t_k, x.device, self.window)
+                # the mask folded into the additive bias, or a boolean mask on its own
+                mask = keep if bias is None else bias.to(q.dtype).masked_fill(~keep, float("-inf"))
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None,
                 dropout_p=self.dropout if self.training else 0.0, enable_gqa=nkv != nh)
@@ -100,16 +162,134 @@ class CausalSelfAttention(nn.Module):
                 k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, t_k, hs)
                 v = v.repeat_interleave(nh // nkv, dim=1)
             scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, t_k)
+            if self.softcap is not None:  # in fp32: tanh saturates early in bf16
+                scores = (self.softcap * torch.tanh(scores.float() / self.softcap)).to(scores.dtype)
             if bias is not None:
-                scores = scores + bias
-            att = self.softmax(scores, causal_mask(T, t_k, x.device))
+                scores = scores + bias.to(scores.dtype)
+            att = self.softmax(scores, causal_mask(T, t_k, x.device, self.window))
             y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))
 
     def cost(self, T: int) -> Cost:
-        """Per token at context T: projections, n_head rows of T scores (full matrix), the normaliser,
-        the weighted sum. The fused SDPA path keeps no T x T matrix for the backward pass."""
-        nh, hs = self.n_head, self.head_dim
-        attn = Cost(macs=2 * nh * T * hs, elementwise=nh * T, act_mem=(0 if self.use_sdpa else 2 * nh * T) + 3 * nh * hs)
-        return self.c_attn.cost(T) + attn + self.softmax.cost(nh, T) + self.c_proj.cost(T)
+        """Per token at context T: projections, n_head rows of scores, the normaliser, the weighted
+        sum. A window of W counts min(T, W) keys per query (what a banded kernel computes; the
+        explicit path here computes the full row and masks it). The fused SDPA path keeps no score
+        matrix for the backward pass."""
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        n_keys = T if self.window is None else min(T, self.window)
+        n = nh * n_keys  # scores per token
+        attn = Cost(macs=2 * n * hs, elementwise=n, act_mem=(0 if self.use_sdpa else 2 * n) + 3 * nh * hs)
+        if self.q_norm is not None:  # per head vector: square, scale, weight; one row sum and rsqrt
+            heads = nh + nkv
+            attn = attn + Cost(params=2 * hs, elementwise=3 * hs * heads, reduce=hs * heads, sqrt=heads,
+                               div=heads, act_mem=hs * heads)
+        if self.softcap is not None:  # divide (as a multiply by 1/cap), tanh, multiply
+            attn = attn + Cost(elementwise=2 * n, exp=n, act_mem=n)
+        return self.c_attn.cost(T) + attn + self.softmax.cost(nh, n_keys) + self.c_proj.cost(T)
+
+
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """phi(x) = elu(x) + 1: positive, so the normaliser phi(q).sum(phi(k)) never vanishes."""
+    return F.elu(x) + 1.0
+
+
+@register("attention", "linear")
+class LinearAttention(nn.Module):
+    """Causal linear attention (Katharopoulos et al., 2020): phi(q_i)^T S_i / phi(q_i)^T z_i, S_i = sum_{j<=i} phi(k_j) v_j^T, phi = elu + 1.
+
+    No T x T matrix: S_i (hs x hs) and z_i = sum_{j<=i} phi(k_j) (hs) are running sums, computed
+    here with a cumulative sum over positions (memory O(T hs^2) per kv head). Key/value heads are
+    shared by groups of query heads (GQA, --n_kv_head). With the KV cache the sums over the cached
+    positions are recomputed from the cached keys and values, so cached and uncached runs agree.
+    --softmax_variant_attn is not read (there is no softmax). A position encoding with a score bias
+    (alibi, fire) cannot enter the running sums; then the weights phi(q_i).phi(k_j) are multiplied
+    by exp(bias_ij), the bias acting on the log scale as in softmax attention (ALiBi becomes an
+    exponential decay per head, as in RetNet), computed as a masked T x T matrix.
+    Math in fp32 (sums of positive terms over T positions); the result is cast back.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.c_attn, self.c_proj = _qkv_projections(config)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        # cost() only: whether the position encoding adds a score bias (the quadratic path)
+        self.biased = bool(getattr(get("position", config.position_variant), "has_score_bias", False))
+
+    def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = _split_heads(self, x)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
+        start = cache.length if cache is not None else 0
+        q, k = position.rotate(q, k, start)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, nkv, start + T, hs)
+        bias = position.score_bias(T, k.size(2), x.device)  # (nh, T, t_k) or None
+        with torch.autocast(x.device.type, enabled=False):
+            fq, fk, fv = elu_feature_map(q.float()), elu_feature_map(k.float()), v.float()
+            y = self._running_sums(fq, fk, fv) if bias is None else self._biased(fq, fk, fv, bias.float())
+        y = y.to(q.dtype).transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.c_proj(y))
+
+    def _running_sums(self, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """fq (B, nh, T, hs) for the last T of the t_k positions in fk, v (B, nkv, t_k, hs)."""
+        B, nh, T, hs = fq.shape
+        nkv, p = self.n_kv_head, fk.size(2) - T  # p cached positions precede the queries
+        fq = fq.view(B, nkv, nh // nkv, T, hs)  # query heads grouped by the kv head they share
+        k_new, v_new = fk[:, :, p:], v[:, :, p:]
+        S = torch.einsum("bhtd,bhte->bhtde", k_new, v_new).cumsum(dim=2)  # (B, nkv, T, hs, hs)
+        z = k_new.cumsum(dim=2)  # (B, nkv, T, hs)
+        if p:  # the sums over the cached prefix
+            S = S + torch.einsum("bhtd,bhte->bhde", fk[:, :, :p], v[:, :, :p]).unsqueeze(2)
+            z = z + fk[:, :, :p].sum(dim=2, keepdim=True)
+        num = torch.einsum("bhgtd,bhtde->bhgte", fq, S)  # (B, nkv, g, T, hs)
+        den = torch.einsum("bhgtd,bhtd->bhgt", fq, z).unsqueeze(-1)  # (B, nkv, g, T, 1)
+        return (num / den).reshape(B, nh, T, hs)
+
+    def _biased(self, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The quadratic form with weights phi(q_i).phi(k_j) * exp(bias_ij), j <= i, row-normalised."""
+        nh, nkv, T, t_k = self.n_head, self.n_kv_head, fq.size(2), fk.size(2)
+        if nkv != nh:
+            fk, v = fk.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
+        b = bias.masked_fill(~causal_mask(T, t_k, fq.device), float("-inf"))  # (nh, T, t_k)
+        b = b - b.amax(dim=-1, keepdim=True)  # the row normalisation cancels a per-row factor: no overflow
+        w = (fq @ fk.transpose(-2, -1)) * torch.exp(b)  # (B, nh, T, t_k), 0 where masked
+        return (w @ v) / w.sum(dim=-1, keepdim=True)
+
+    def cost(self, T: int) -> Cost:
+        """Per token, recurrent form: feature maps of q and k (exp, select, +1), the update
+        S += phi(k) v^T (hs^2 multiplies and adds per kv head) and z += phi(k), the reads phi(q)^T S and phi(q)^T z
+        (per query head), one division per output channel. Independent of T. With a score bias,
+        the quadratic form: two T-long rows of products per head, exp(bias), a row sum."""
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        feats = (nh + nkv) * hs
+        phi = Cost(elementwise=feats, exp=feats, cmp=feats, act_mem=feats + nkv * hs)
+        if self.biased:
+            n = nh * T
+            attn = Cost(macs=2 * n * hs, elementwise=2 * n, exp=n, cmp=n, reduce=2 * n, div=nh * hs, act_mem=2 * n)
+        else:
+            # the rank-1 update is elementwise (an outer product has no contraction, and
+            # FlopCounterMode counts it as such): hs^2 multiplies and hs^2 adds per kv head
+            attn = Cost(macs=nh * (hs * hs + hs), elementwise=nkv * (2 * hs * hs + hs), div=nh * hs,
+                        act_mem=nkv * (hs * hs + hs) + nh * hs)
+        return self.c_attn.cost(T) + phi + attn + self.c_proj.cost(T)
+
+
+@register("attention", "identity")
+class NoAttention(nn.Module):
+    """No attention (an ablation): the sub-layer outputs zeros, so each block is its feed-forward part alone.
+
+    No parameters and no cost. The output is `x * 0` rather than a fresh zero tensor so that the
+    norm in front of it (pre-norm) gets an exact zero gradient instead of none at all.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
+        if cache is not None:
+            cache.skip(x.size(1))  # keep the cache's position count, which the model reads
+        return x * 0.0
+
+    def cost(self, T: int) -> Cost:
+        return Cost()

@@ -53,3 +53,45 @@ def total(costs) -> Cost:
     for c in costs:
         out = out + c
     return out
+
+
+def group_by_component(rows: dict[str, Cost]) -> dict[str, Cost]:
+    """Sum `layer.<i>.<part>` rows over the layers: {'embedding', 'attention', 'mlp', ...}."""
+    out: dict[str, Cost] = {}
+    for name, c in rows.items():
+        key = name.split(".", 2)[2] if name.startswith("layer.") else name
+        out[key] = out.get(key, Cost()) + c
+    return out
+
+
+def per_token_summary(rows: dict[str, Cost]) -> dict[str, float]:
+    """Flat keys for summary.json: macs_per_token, exp_per_token, ... and cost_params."""
+    t = total(rows.values())
+    out = {f"{name}_per_token": getattr(t, name) for name in COUNTS if name != "params"}
+    out["cost_params"] = t.params
+    return out
+
+
+def cost_table(rows: dict[str, Cost], title: str):
+    """A rich Table: one row per component and a total row (training ~ 3x the forward MACs)."""
+    from rich.table import Table
+    table = Table(title=title)
+    table.add_column("component")
+    headers = {"macs": "MACs", "elementwise": "elemwise", "act_mem": "act mem"}
+    for name in COUNTS:
+        table.add_column(headers.get(name, name), justify="right")
+
+    def fmt(v: float) -> str:
+        if v == 0:
+            return "-"
+        for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(v) >= div:
+                return f"{v / div:.2f}{unit}"
+        return f"{v:.0f}" if float(v).is_integer() else f"{v:.2f}"
+
+    for name, c in rows.items():
+        table.add_row(name, *(fmt(getattr(c, k)) for k in COUNTS))
+    table.add_section()
+    t = total(rows.values())
+    table.add_row("total", *(fmt(getattr(t, k)) for k in COUNTS), style="bold")
+    return table

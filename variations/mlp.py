@@ -33,13 +33,15 @@ class MLP(nn.Module):
         return self.c_fc.cost(T) + self.act.cost(self.c_fc.out_features) + self.c_proj.cost(T)
 
 
-@register("mlp", "swiglu")
-class SwiGLU(nn.Module):
-    """SwiGLU (Shazeer, 2020, "GLU Variants Improve Transformer"): c_proj(silu(x W) * (x V)).
+class _GLU(nn.Module):
+    """Base of the GLU variants (Shazeer, 2020): c_proj(gate_act(x W) * (x V)); subclasses set GATE.
 
-    W and V are fused into one c_fc of width 2 x hidden, so this block has 1.5x the parameters of
-    `mlp` at the same hidden width (LLaMA picks hidden = 8/3 n_embd to match; set --mlp_hidden_size).
+    W and V are fused into one c_fc of width 2 x hidden (gate first, then up), so a GLU block has
+    1.5x the parameters of `mlp` at the same hidden width (LLaMA picks hidden = 8/3 n_embd to match;
+    set --mlp_hidden_size). The gate activation is fixed by the variant; --activation_variant is not read.
     """
+
+    GATE: str = ""  # activation registry name of the gate
 
     def __init__(self, config):
         super().__init__()
@@ -47,7 +49,7 @@ class SwiGLU(nn.Module):
                            config.bias)
         self.c_proj = create("linear", config.linear_for("mlp_down"), config, config.mlp_hidden_size, config.n_embd,
                              config.bias)
-        self.act = create("activation", "silu", config)  # fixed: this is what makes it SwiGLU
+        self.act = create("activation", self.GATE, config)  # fixed: this is what names the variant
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,5 +58,76 @@ class SwiGLU(nn.Module):
 
     def cost(self, T: int = 1) -> Cost:
         hidden = self.c_proj.in_features
+        # up-projection (both halves), gate activation, the gate * up multiply (keeps up), down-projection
         return (self.c_fc.cost(T) + self.act.cost(hidden) + Cost(elementwise=hidden, act_mem=hidden)
                 + self.c_proj.cost(T))
+
+
+@register("mlp", "swiglu")
+class SwiGLU(_GLU):
+    """SwiGLU (Shazeer, 2020, "GLU Variants Improve Transformer"): c_proj(silu(x W) * (x V)).
+
+    Fused W/V in one c_fc of width 2 x hidden: 1.5x the parameters of `mlp` at the same hidden width.
+    """
+
+    GATE = "silu"
+
+
+@register("mlp", "geglu")
+class GEGLU(_GLU):
+    """GEGLU (Shazeer, 2020, "GLU Variants Improve Transformer"): c_proj(gelu(x W) * (x V)), exact erf GELU.
+
+    Fused W/V in one c_fc of width 2 x hidden: 1.5x the parameters of `mlp` at the same hidden width.
+    """
+
+    GATE = "gelu"
+
+
+@register("mlp", "reglu")
+class ReGLU(_GLU):
+    """ReGLU (Shazeer, 2020, "GLU Variants Improve Transformer"): c_proj(relu(x W) * (x V)).
+
+    Fused W/V in one c_fc of width 2 x hidden: 1.5x the parameters of `mlp` at the same hidden width.
+    """
+
+    GATE = "relu"
+
+
+@register("mlp", "identity")
+class IdentityMLP(nn.Module):
+    """Pass-through: returns its input x; a pre-norm block then adds norm(x) (NOT a removed MLP: see `none`).
+
+    Kept for parity with nanoGPT-derived sandboxes whose `identity` MLP returns its input. What the
+    block then computes depends on --norm_placement_mlp: pre gives x + norm(x), post norm(2 x),
+    peri x + norm_out(norm(x)). No parameters; cost zero (a wire).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def cost(self, T: int = 1) -> Cost:
+        return Cost()
+
+
+@register("mlp", "none")
+class NoMLP(nn.Module):
+    """No feed-forward: the sub-layer contributes exactly 0 to the residual stream (attention-only blocks).
+
+    Returns `x * 0` rather than a fresh zeros tensor so the block's MLP norm stays on the autograd
+    graph: its parameters receive (zero) gradients, as DistributedDataParallel requires of every
+    parameter. Pre and post placement then leave the residual unchanged; under peri placement the
+    output norm of zeros is its bias (0 unless --bias with layernorm). Cost zero: hardware would
+    omit the sub-layer (the block's norm is still counted by the block).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0  # (B, T, C) zeros with a gradient path
+
+    def cost(self, T: int = 1) -> Cost:
+        return Cost()

@@ -1,29 +1,114 @@
-"""Normalisers of attention scores: `--softmax_variant_attn NAME`.
+"""Normalisers of attention scores: `--softmax_variant_attn NAME` (and `--softmax_variant_output`).
 
 Every class takes `(config)`; `forward(scores, mask=None)` maps scores (..., T_q, T_k) to weights of
 the same shape and dtype. `mask` is a boolean tensor broadcastable to the scores, True where a key
-may be attended; masked positions get exactly zero weight, and a fully masked row is all zeros.
-Work is done in fp32 and cast back, so bf16/fp16 scores are safe. `cost(rows, row_len)` counts the
-operations for `rows` rows of `row_len` scores (variations/cost.py).
+may be attended; masked positions get exactly zero weight, and a fully masked row is all zeros. A
+score of -inf counts as masked too (the limit of every formula here), so logits barred with -inf,
+as `model.generate` does, are safe. Work is done in fp32 (fp64 for fp64 input) and cast back;
+results are clamped to the largest finite value of a half-precision dtype. `cost(rows, row_len)`
+counts the operations for `rows` rows of `row_len` scores (variations/cost.py).
+
+The same modules turn output logits (B, V) into sampling weights (`--softmax_variant_output`,
+model.sample_next), so every variant works on any shape (..., T_k) as well.
+
+Two families:
+  normalising  (softmax, strongermax, softermax, sigsoftmax): each row sums to one; they need a
+               row max and a row sum (reductions across the keys).
+  elementwise  (consmax, consmax_v2, saturating_consmax, polymax, relumax, relu2max, sigmoidmax,
+               softplusmax, squareplus_max): each weight is f(score) / constant, no reductions,
+               which is what makes them cheap in hardware; rows do not sum to one.
 
 A class whose `sdpa_compatible` is True computes exactly the standard softmax, so attention may
 hand the whole computation to `F.scaled_dot_product_attention` (FlashAttention) instead.
+
+Divisors of the elementwise family: each variant has its own constant divisor knob, default 256,
+the default --block_size. At initialisation the scores are near 0, where sigmoid, softplus and
+squareplus are about 0.5-0.7, so a full row of 256 keys then sums to about 0.5-0.7: weights of the
+same order as a probability distribution. (The row length is not a constant under the causal mask
+or the KV cache, so it is not divided by.)
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from errors import UserError
 from variations.cost import Cost
 from variations.registry import knob, register
 
 CONSMAX_BETA = knob("consmax_beta_init", 2.5, "ConSmax: initial beta (learned offset subtracted before exp)")
 CONSMAX_GAMMA = knob("consmax_gamma_init", 100.0, "ConSmax: initial gamma (learned divisor replacing the row sum)")
+SATURATION = knob("saturating_consmax_threshold", 11.0,
+                  "saturating_consmax: exponent x - beta beyond which exp continues as its tangent line "
+                  "(11: e^11 ~ 6e4 is just under the fp16 maximum)")
+POLYMAX_X = knob("polymax_x_intercept", -100.0, "polymax: x below which the weight is 0 (must be negative)")
+POLYMAX_Y = knob("polymax_y_intercept", 1.0, "polymax: value at x = 0, reached linearly from the x intercept",
+                 minimum=0.0)
+POLYMAX_POWER = knob("polymax_power", 2.0, "polymax: power p of the x^p piece for x >= 0 (>= 1: finite slope at 0)",
+                     minimum=1.0)
+POLYMAX_DIVISOR = knob("polymax_divisor", 1000.0, "polymax: constant divisor of the weights (> 0)")
+STRONGERMAX_BASE = knob("strongermax_base", 2.0, "strongermax: base b of b^(x - max) / sum (> 1; e gives softmax)")
+SOFTERMAX_BLOCK = knob("softermax_block_size", 32, "softermax: keys per slice of the online max/sum pass",
+                       minimum=1)
+RELUMAX_DIVISOR = knob("relumax_divisor", 256.0, "relumax: constant divisor of relu(x) (> 0)")
+RELU2MAX_DIVISOR = knob("relu2max_divisor", 256.0, "relu2max: constant divisor of relu(x)^2 (> 0)")
+SIGMOIDMAX_DIVISOR = knob("sigmoidmax_divisor", 256.0, "sigmoidmax: constant divisor of sigmoid(x) (> 0)")
+SOFTPLUSMAX_DIVISOR = knob("softplusmax_divisor", 256.0, "softplusmax: constant divisor of softplus(x) (> 0)")
+SQUAREPLUS_DIVISOR = knob("squareplus_max_divisor", 256.0, "squareplus_max: constant divisor of squareplus(x) (> 0)")
+SQUAREPLUS_B = knob("squareplus_max_b", 4 * math.log(2) ** 2,
+                    "squareplus_max: b of (x + sqrt(x^2 + b)) / 2 (> 0; 4 ln(2)^2 matches softplus at 0)")
 
+
+# ---------------------------------------------------------------- shared helpers
+
+def _positive(config, name: str) -> float:
+    """config.<name> as a float, or a UserError naming the flag when it is not > 0."""
+    value = float(getattr(config, name))
+    if not value > 0:
+        raise UserError(f"--{name} must be positive, got {value}")
+    return value
+
+
+def _prepare(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, keep): s = the scores in fp32 (fp64 for fp64 input) with 0 at dropped positions, so no
+    formula sees -inf or produces NaN there (not even in gradients); keep = mask & (x != -inf)."""
+    keep = ~torch.isneginf(x)
+    if mask is not None:
+        keep = keep & mask
+    s = x.to(torch.promote_types(x.dtype, torch.float32)).masked_fill(~keep, 0.0)
+    return s, keep
+
+
+def _finish(y: torch.Tensor, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Exact zeros at dropped positions; clamp to the dtype's finite range; cast back."""
+    y = y.masked_fill(~keep, 0.0)
+    if torch.finfo(dtype).max < torch.finfo(y.dtype).max:  # fp16 tops out at 65504
+        y = y.clamp(max=torch.finfo(dtype).max)
+    return y.to(dtype)
+
+
+def _masked_softmax(z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """exp(z - max) / sum over the kept positions of the last axis; rows with none kept are 0."""
+    empty = ~keep.any(dim=-1, keepdim=True)
+    big = torch.finfo(z.dtype).max  # scaled huge scores may round to +-inf: keep them finite
+    z = z.clamp(-big, big).masked_fill(~keep, float("-inf")).masked_fill(empty, 0.0)  # no all -inf row: no NaN
+    return torch.softmax(z, dim=-1)  # _finish zeroes the dropped positions and the empty rows
+
+
+def _normalising_cost(n: int, extra_elementwise: int = 0, extra_exp: int = 0, extra_div: int = 0) -> Cost:
+    """A max-subtracted softmax over n elements: row max, subtract, exp, row sum, divide."""
+    return Cost(elementwise=n + extra_elementwise, exp=n + extra_exp, div=n + extra_div, cmp=n, reduce=2 * n,
+                act_mem=n)
+
+
+# ---------------------------------------------------------------- normalising: rows sum to one
 
 @register("softmax", "softmax")
 class Softmax(nn.Module):
-    """Softmax: exp(x - max) / sum(exp(x - max)) over the keys."""
+    """Softmax: exp(x - max) / sum(exp(x - max)) over the keys (Bridle, 1990; Vaswani et al., 2017)."""
 
     sdpa_compatible = True
 
@@ -31,19 +116,113 @@ class Softmax(nn.Module):
         super().__init__()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s = x.float()
-        if mask is not None:
-            s = s.masked_fill(~mask, float("-inf"))
-        y = torch.softmax(s, dim=-1)
-        if mask is not None:
-            y = y.masked_fill(~mask, 0.0)  # a fully masked row is NaN after softmax: make it 0
-        return y.to(x.dtype)
+        s, keep = _prepare(x, mask)
+        return _finish(_masked_softmax(s, keep), keep, x.dtype)
+
+    def cost(self, rows: int, row_len: int) -> Cost:
+        return _normalising_cost(rows * row_len)
+
+
+@register("softmax", "strongermax", knobs=[STRONGERMAX_BASE])
+class Strongermax(nn.Module):
+    """Strongermax (ReaLLM-Forge): b^(x - max) / sum(b^(x - max)), a softmax with base b = --strongermax_base.
+
+    b^x = e^(x ln b), so this is softmax(x ln b): a base above e sharpens the weights (a lower
+    temperature), a base between 1 and e flattens them. b = 2 is the hardware-friendly base of
+    softermax (computed here in one pass rather than online).
+    """
+
+    sdpa_compatible = False
+
+    def __init__(self, config):
+        super().__init__()
+        self.base = float(config.strongermax_base)
+        if not self.base > 1:
+            raise UserError(f"--strongermax_base must be greater than 1 (2 or e are usual), got {self.base}")
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s, keep = _prepare(x, mask)
+        return _finish(_masked_softmax(s * math.log(self.base), keep), keep, x.dtype)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
-        # row max, subtract, exp, row sum, divide
-        return Cost(elementwise=n, exp=n, div=n, cmp=n, reduce=2 * n, act_mem=n)
+        return _normalising_cost(n, extra_elementwise=n)  # the scaling by ln b
 
+
+@register("softmax", "softermax", knobs=[SOFTERMAX_BLOCK])
+class Softermax(nn.Module):
+    """Softermax (Stevens et al., 2021): base-2 softmax 2^(x - max) / sum with an online max over key slices.
+
+    The keys are read in slices of --softermax_block_size. Each slice raises 2 to (x - running max),
+    and the running sum is rescaled by 2^(old max - new max) whenever the max grows, so the row is
+    read once for the max and the sum together. A second step brings each slice's numerators to the
+    final max and divides by the sum. The result equals the base-2 softmax 2^x / sum(2^x) exactly
+    up to rounding. The max is a constant shift of the formula, so it is detached: gradients are
+    those of the base-2 softmax.
+    """
+
+    sdpa_compatible = False
+
+    def __init__(self, config):
+        super().__init__()
+        self.block = int(config.softermax_block_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s, keep = _prepare(x, mask)
+        z = s.masked_fill(~keep, float("-inf"))              # (..., T_k); dropped keys give 2^-inf = 0
+        running_max = z.new_full((*z.shape[:-1], 1), float("-inf"))  # (..., 1), no key seen yet
+        total = z.new_zeros((*z.shape[:-1], 1))               # running sum of 2^(x - running_max)
+        numerators, slice_max = [], []
+        for start in range(0, z.size(-1), self.block):
+            part = z[..., start:start + self.block]
+            new_max = torch.maximum(running_max, part.detach().amax(dim=-1, keepdim=True))
+            shift = torch.where(torch.isfinite(new_max), new_max, 0.0)  # rows with no key kept so far
+            e = torch.exp2(part - shift)
+            # 2^(-inf - shift) = 0 drops the sum of a row that had no kept key before this slice
+            total = total * torch.exp2(running_max - shift) + e.sum(dim=-1, keepdim=True)
+            numerators.append(e)
+            slice_max.append(shift)
+            running_max = new_max
+        final = slice_max[-1]
+        # bring each slice to the final max; the clamp only matters for slices of a row with nothing
+        # kept yet (their numerators are 0), where shift - final could be huge
+        y = torch.cat([e * torch.exp2((m - final).clamp(max=0.0)) for e, m in zip(numerators, slice_max)], dim=-1)
+        y = y / torch.where(total > 0, total, 1.0)            # a fully masked row stays 0
+        return _finish(y, keep, x.dtype)
+
+    def cost(self, rows: int, row_len: int) -> Cost:
+        n = rows * row_len
+        slices = rows * math.ceil(row_len / self.block)
+        # per element: running-max compare, subtract, 2^x, sum, final correction multiply, divide;
+        # per slice and row: max of max, 2^(old - new) and multiply for the sum, 2^(slice - final)
+        return Cost(elementwise=2 * n + 2 * slices, exp=n + 2 * slices, div=n, cmp=n + slices, reduce=2 * n,
+                    act_mem=n)
+
+
+@register("softmax", "sigsoftmax")
+class SigSoftmax(nn.Module):
+    """Sigsoftmax (Kanai et al., 2018): exp(x) * sigmoid(x) / sum(exp(x) * sigmoid(x)) over the keys.
+
+    Computed in log space as softmax(x + log sigmoid(x)), which is stable for any x (large negative
+    scores do not make exp(x) and sigmoid(x) underflow separately before their product).
+    """
+
+    sdpa_compatible = False
+
+    def __init__(self, config):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s, keep = _prepare(x, mask)
+        return _finish(_masked_softmax(s + F.logsigmoid(s), keep), keep, x.dtype)
+
+    def cost(self, rows: int, row_len: int) -> Cost:
+        n = rows * row_len
+        # plus sigmoid(x) = 1 / (1 + exp(-x)) and the product: one exp, one divide, two elementwise
+        return _normalising_cost(n, extra_elementwise=2 * n, extra_exp=n, extra_div=n)
+
+
+# ---------------------------------------------------------------- elementwise: exp over learned constants
 
 @register("softmax", "consmax", knobs=[CONSMAX_BETA, CONSMAX_GAMMA])
 class ConSmax(nn.Module):
@@ -63,15 +242,215 @@ class ConSmax(nn.Module):
         self.gamma = nn.Parameter(torch.tensor(float(config.consmax_gamma_init)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        e = torch.exp(torch.clamp(x.float() - self.beta, max=self.MAX_EXPONENT))
-        if mask is not None:
-            e = e.masked_fill(~mask, 0.0)
-        y = e / self.gamma
-        if x.dtype != torch.float32:
-            y = y.clamp(max=torch.finfo(x.dtype).max)
-        return y.to(x.dtype)
+        s, keep = _prepare(x, mask)
+        y = torch.exp(torch.clamp(s - self.beta, max=self.MAX_EXPONENT)) / self.gamma
+        return _finish(y, keep, x.dtype)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
         # subtract beta, exp, divide by gamma: no max, no row sum
         return Cost(params=2, elementwise=n, exp=n, div=n, act_mem=n)
+
+
+@register("softmax", "consmax_v2", knobs=[CONSMAX_BETA, CONSMAX_GAMMA])
+class ConSmaxV2(nn.Module):
+    """ConSmax per head (ReaLLM-Forge consmax_v2, after Liu et al., 2024): exp(x - beta_h) / gamma_h, learned per head.
+
+    beta and gamma have shape (n_head,) and broadcast over attention scores (B, n_head, T_q, T_k):
+    the head axis is the third from last. Scores without a head axis of n_head entries there (the
+    output logits (B, V) of --softmax_variant_output, or any other shape) use the mean over the
+    heads of beta and of gamma, which at initialisation is plain consmax.
+    """
+
+    sdpa_compatible = False
+    MAX_EXPONENT = ConSmax.MAX_EXPONENT
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.beta = nn.Parameter(torch.full((config.n_head,), float(config.consmax_beta_init)))
+        self.gamma = nn.Parameter(torch.full((config.n_head,), float(config.consmax_gamma_init)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s, keep = _prepare(x, mask)
+        if x.dim() >= 3 and x.size(-3) == self.n_head:
+            beta, gamma = self.beta.view(-1, 1, 1), self.gamma.view(-1, 1, 1)  # (n_head, 1, 1)
+        else:
+            beta, gamma = self.beta.mean(), self.gamma.mean()
+        y = torch.exp(torch.clamp(s - beta, max=self.MAX_EXPONENT)) / gamma
+        return _finish(y, keep, x.dtype)
+
+    def cost(self, rows: int, row_len: int) -> Cost:
+        n = rows * row_len
+        return Cost(params=2 * self.n_head, elementwise=n, exp=n, div=n, act_mem=n)
+
+
+@register("softmax", "saturating_consmax", knobs=[CONSMAX_BETA, CONSMAX_GAMMA, SATURATION])
+class SaturatingConSmax(nn.Module):
+    """Saturating ConSmax (ReaLLM-Forge): exp(z) / gamma, z = x - beta; for z > s the tangent e^s (1 + z - s) / gamma.
+
+    s = --saturating_consmax_threshold. Below s this is consmax; above it the exponential is
+    replaced by its tangent line at s, so the weight grows linearly instead of overflowing (e^11 is
+    just under the fp16 maximum) while value and slope stay continuous and the gradient never
+    vanishes, unlike a clamp. (ReaLLM-Forge's version switches to a constant above the threshold;
+    this is the linear continuation its flag help describes.) beta and gamma are learned scalars.
+    """
+
+    sdpa_compatible = False
+
+    def __init__(self, config):
+        super().__init__()
+        self.beta = nn.Parameter(torch.tensor(float(config.consmax_beta_init)))
+        self.gamma = nn.Parameter(torch.tensor(float(config.consmax_gamma_init)))
+        self.threshold = float(config.saturating_consmax_threshold)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s, keep = _prepare(x, mask)
+        z = s - self.beta
+        z_sat = z.clamp(max=self.threshold)
+        # z <= s: exp(z) * 1;  z > s: exp(s) * (1 + z - s)
+        y = torch.exp(z_sat) * (1.0 + (z - z_sat)) / self.gamma
+        return _finish(y, keep, x.dtype)
+
+    def cost(self, rows: int, row_len: int) -> Cost:
+        n = rows * row_len
+        # subtract beta, compare with s (select), exp, the tangent's add and multiply, divide by gamma
+        return Cost(params=2, elementwise=3 * n, exp=n, div=n, cmp=n, act_mem=n)
+
+
+# ---------------------------------------------------------------- elementwise: f(x) / constant divisor
+
+@register("softmax", "polymax", knobs=[POLYMAX_X, POLYMAX_Y, POLYMAX_POWER, POLYMAX_DIVISOR])
+class Polymax(nn.Module):
+    """Polymax (ReaLLM-Forge): 0 for x < x0, y0 (x - x0) / (-x0) for x0 <= x < 0, x^p + y0 for x >= 0; all / divisor.
+
+    x0 = --polymax_x_intercept (< 0), y0 = --polymax_y_intercept, p = --polymax_power,
+    divisor = --polymax_divisor. A polynomial replaces the exponential: flat zero far left, a
+    straight line rising to y0 at 0, then x^p. Continuous everywhere; the defaults (x0 = -100,
+    y0 = 1, p = 2, divisor 1000) are ReaLLM-Forge's.
+    """
+
+    sdpa_compatible = False
+
+    def __init__(self, config):
+        super().__init__()
+        self.x0 = float(config.polymax_x_intercept)
+        if not self.x0 < 0:
+            raise UserError(f"--polymax_x_intercept must be negative (where the weight starts rising), got {self.x0}")
+        self.y0 = float(config.polymax_y_intercept)
+        self.power = float(config.polymax_power)
+        self.divisor = _positive(config, "polymax_divisor")
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s, keep = _prepare(x, mask)
+        linear = self.y0 * (s - self.x0) / (-self.x0)
+        poly = s.clamp(min=0.0) ** self.power + self.y0  # clamp: no x^p of negative x in the unused branch
+        y = torch.where(s < self.x0, 0.0, torch.where(s < 0, linear, poly)) / self.divisor
+        return _finish(y, keep, x.dtype)
+
+    def cost(self, rows: int, row_len: int) -> Cost:
+        n = rows * row_len
+        if self.power == int(self.power):  # x^p by p - 1 multiplies
+            power = Cost(elementwise=(int(self.power) - 1) * n)
+        else:  # x^p = exp(p ln x): ln and exp counted as exponentials, one multiply
+            power = Cost(elementwise=n, exp=2 * n)
+        # two compares (select the piece), the line's subtract and multiply, + y0, divide
+        return power + Cost(elementwise=3 * n, div=n, cmp=2 * n, act_mem=n)
+
+
+class _ActivationOverDivisor(nn.Module):
+    """Shared body of the f(x) / divisor normalisers; a subclass sets DIVISOR and activation()."""
+
+    sdpa_compatible = False
+    DIVISOR: str  # the knob name of the divisor
+
+    def __init__(self, config):
+        super().__init__()
+        self.divisor = _positive(config, self.DIVISOR)
+
+    def activation(self, s: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def activation_cost(self, n: int) -> Cost:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s, keep = _prepare(x, mask)
+        return _finish(self.activation(s) / self.divisor, keep, x.dtype)
+
+    def cost(self, rows: int, row_len: int) -> Cost:
+        n = rows * row_len
+        return self.activation_cost(n) + Cost(div=n, act_mem=n)  # + the divide by the constant
+
+
+@register("softmax", "relumax", knobs=[RELUMAX_DIVISOR])
+class ReLUMax(_ActivationOverDivisor):
+    """ReLUMax: relu(x) / --relumax_divisor, ReLU attention weights (Wortsman et al., 2023; ReaLLM-Forge)."""
+
+    DIVISOR = "relumax_divisor"
+
+    def activation(self, s):
+        return F.relu(s)
+
+    def activation_cost(self, n):
+        return Cost(cmp=n)
+
+
+@register("softmax", "relu2max", knobs=[RELU2MAX_DIVISOR])
+class ReLU2Max(_ActivationOverDivisor):
+    """ReLU2Max: relu(x)^2 / --relu2max_divisor, squared-ReLU attention weights (Hua et al., 2022; ReaLLM-Forge)."""
+
+    DIVISOR = "relu2max_divisor"
+
+    def activation(self, s):
+        return F.relu(s).square()
+
+    def activation_cost(self, n):
+        return Cost(elementwise=n, cmp=n)
+
+
+@register("softmax", "sigmoidmax", knobs=[SIGMOIDMAX_DIVISOR])
+class SigmoidMax(_ActivationOverDivisor):
+    """SigmoidMax: sigmoid(x) / --sigmoidmax_divisor, sigmoid attention (Ramapuram et al., 2024; ReaLLM-Forge)."""
+
+    DIVISOR = "sigmoidmax_divisor"
+
+    def activation(self, s):
+        return torch.sigmoid(s)
+
+    def activation_cost(self, n):
+        return Cost(elementwise=n, exp=n, div=n)  # 1 / (1 + exp(-x))
+
+
+@register("softmax", "softplusmax", knobs=[SOFTPLUSMAX_DIVISOR])
+class SoftplusMax(_ActivationOverDivisor):
+    """SoftplusMax: softplus(x) / --softplusmax_divisor, softplus = ln(1 + e^x) (Dugas et al., 2001; ReaLLM-Forge)."""
+
+    DIVISOR = "softplusmax_divisor"
+
+    def activation(self, s):
+        return F.softplus(s)  # linear above x = 20, so no overflow
+
+    def activation_cost(self, n):
+        return Cost(elementwise=n, exp=n)  # ln(1 + e^x), counted as one exponential
+
+
+@register("softmax", "squareplus_max", knobs=[SQUAREPLUS_DIVISOR, SQUAREPLUS_B])
+class SquareplusMax(_ActivationOverDivisor):
+    """SquareplusMax: squareplus(x) / divisor, squareplus(x) = (x + sqrt(x^2 + b)) / 2 (Barron, 2021, "Squareplus")."""
+
+    DIVISOR = "squareplus_max_divisor"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.b = _positive(config, "squareplus_max_b")  # b = 0 is relu with a 0/0 slope at 0
+
+    def activation(self, s):
+        r = torch.sqrt(s * s + self.b)
+        # x < 0: the same value as b / (2 (r - x)), which does not cancel to 0 (or inf - inf) for large |x|
+        neg = s.clamp(max=0.0)
+        return torch.where(s >= 0, 0.5 * (s + r), 0.5 * self.b / (r - neg))
+
+    def activation_cost(self, n):
+        # the formula: x^2, + b, + x; the halving folds into the divisor
+        return Cost(elementwise=3 * n, sqrt=n)

@@ -109,3 +109,53 @@ def test_output_normaliser_with_all_zero_weights_falls_back_to_softmax():
     draws = {sample_next(logits, 1.0, normalizer=relumax, generator=torch.Generator().manual_seed(0)).item()
              for _ in range(50)}
     assert draws <= {0, 1, 2} and 1 in draws
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "peri"])
+def test_norm_placement_formulas(placement):
+    from model import Block
+    cfg = tiny_config(norm_placement_attn=placement, norm_placement_mlp=placement, norm_variant="rmsnorm")
+    model = GPT(cfg).eval()
+    block = model.transformer.h[0]
+    with torch.no_grad():
+        for norm in (block.ln_1, block.ln_2, block.ln_1_out, block.ln_2_out):
+            if norm is not None:
+                norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 8, cfg.n_embd)
+    attn = lambda h: block.attn(h, model.position)  # noqa: E731
+    if placement == "pre":
+        h = x + attn(block.ln_1(x))
+        expect = h + block.mlp(block.ln_2(h))
+    elif placement == "post":
+        h = block.ln_1(x + attn(x))
+        expect = block.ln_2(h + block.mlp(h))
+    else:
+        h = x + block.ln_1_out(attn(block.ln_1(x)))
+        expect = h + block.ln_2_out(block.mlp(block.ln_2(h)))
+    torch.testing.assert_close(block(x, model.position), expect)
+    assert (block.ln_1_out is not None) == (placement == "peri")
+    assert isinstance(block, Block)
+
+
+def test_per_layer_lists_cycle_and_final_norm_is_separate():
+    import train_args
+    s = train_args.parse_args(["--attention_variant_layerlist", "causal", "linear",
+                               "--norm_variant_layerlist", "rmsnorm", "layernorm", "prmsnorm",
+                               "--norm_variant_final", "hyperspherenorm", "--n_layer", "4"])
+    model = GPT(tiny_config(**s.model))
+    attn = [b.attn.registry_name for b in model.transformer.h]
+    norms = [b.ln_1.registry_name for b in model.transformer.h]
+    assert attn == ["causal", "linear", "causal", "linear"]
+    assert norms == ["rmsnorm", "layernorm", "prmsnorm", "rmsnorm"]
+    assert model.transformer.ln_f.registry_name == "hyperspherenorm"
+    assert model.config.for_layer(5).attention_variant == "linear"
+    from errors import UserError
+    with pytest.raises(UserError, match="did you mean 'linear'"):
+        train_args.parse_args(["--attention_variant_layerlist", "causal", "lineer"])
+
+
+def test_linear_variant_per_site():
+    m = GPT(tiny_config(linear_variant="quantized", linear_variant_mlp_down="bitlinear"))
+    block = m.transformer.h[0]
+    assert block.attn.c_attn.registry_name == "quantized" and block.mlp.c_fc.registry_name == "quantized"
+    assert block.mlp.c_proj.registry_name == "bitlinear"

@@ -523,20 +523,21 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
 
 
 def print_variants():
+    """--list_variants: every registered component by kind, with the flag that selects it."""
     from rich.console import Console
     from rich.table import Table
 
-    from variations.registry import KINDS, describe
     from gpt_conf import component_flags
-    flag_of = {kind: ", ".join(f"--{f}" for f in component_flags(kind)) for kind in KINDS}
-    table = Table(title="registered components")
+    from variations.registry import KINDS, describe
+    table = Table(title="registered components (details and knobs: docs/variations.md)")
     for col in ("kind", "flag", "name", "description"):
         table.add_column(col)
     for kind in KINDS:
         for i, (name, doc) in enumerate(describe(kind)):
-            table.add_row(kind if i == 0 else "", flag_of[kind] if i == 0 else "", name, doc)
+            table.add_row(kind if i == 0 else "", f"--{component_flags(kind)[0]}" if i == 0 else "", name, doc)
         table.add_section()
-    Console().print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,10 @@ class Distributed:
 
     def close(self):
         if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+            try:  # leave together: a rank tearing gloo down while a peer still talks to it can abort
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------- data

@@ -1,0 +1,1 @@
+"""Drivers that run many trainings: sweeps (run_experiments.py) and searches."""

@@ -1,0 +1,864 @@
+"""Greedy efficiency-per-cost search: grow a model one change at a time, each time adopting the change
+that buys the most improvement of the objective per unit of added cost.
+
+    python optimization_and_search/hyperparam_search.py --baseline hp_searches/cpu_baseline.yaml \\
+        --param n_layer 1 --param n_embd 32 --multiples 2 --steps 4 --seeds 2 --cost params
+    python optimization_and_search/hyperparam_search.py --spec hp_searches/greedy_cpu_params.yaml --steps 6
+    python optimization_and_search/hyperparam_search.py --spec hp_searches/greedy_demo_tiny.yaml -- --max_iters 50
+    python analysis/plot_search.py hp_search_logs/greedy_cpu_params.yaml --out search.png
+
+Each step starts from a baseline (measured in step 1 and after an iteration-budget raise, otherwise the
+candidate adopted in the step before) and builds the candidates `base + m * increment`, m = 1..K, for
+every parameter. A candidate that fails validation (n_embd not divisible by n_head, ...) is recorded as
+skipped with the reason and not run. Every other candidate trains once per seed (`--seed` differs) and
+its objective and cost are averaged over the seeds. Then, with improvement = baseline objective -
+candidate objective (the objective is minimised) and added cost = candidate cost - baseline cost:
+
+* a candidate that improves (by more than --min_improvement) without costing more *dominates*; the
+  dominating candidate with the largest improvement is adopted outright;
+* otherwise the improving candidate with the highest improvement / added cost is adopted;
+* a candidate that is worse or equal is never adopted, whatever its cost.
+
+The search stops when no candidate improves (stop reason `no_improvement`; with `--on_plateau
+raise_iters` the iteration budget is multiplied by --iters_factor instead and the search goes on), when
+the step budget is spent (`max_steps`), or when the baseline itself fails (`baseline_failed`).
+
+Growing n_layer duplicates the last layer's settings in every per-layer list (*_layerlist) the
+baseline sets: the list is first written out per layer, cycling as the model does, then its last entry
+is repeated for each new layer (a shrinking n_layer cuts the list).
+
+Every run is `python train.py FLAGS` in a subprocess (or `train.main` in this process with
+--in_process), in out_root/step_<i>/<candidate>/seed_<s>, with its output in train.log there. The log
+(--log, default hp_search_logs/<name>.yaml) is one YAML file rewritten atomically after every run: the
+search's settings, every step with its baseline, every candidate with its per-seed results, averages,
+improvement, added cost, efficiency and verdict, the adopted change, the stop reason and timestamps.
+Re-running the same command resumes from it without re-running finished candidate/seed pairs.
+
+From Python, `run_search(spec, evaluate)` takes any `evaluate(settings, seed) -> {"objective": float,
+"cost": float, ...}` (settings: the flat train.py settings of the run, `seed` and `out_dir` included).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
+
+import train_args
+from errors import ArgumentParser, UserError, run_cli, unknown_name_message
+from gpt_conf import GPTConfig
+from io_utils import atomic_write_bytes
+from train_args import TrainConfig
+from variations.cost import COUNTS
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_PY = ROOT / "train.py"
+
+# cost names -> summary.json keys; any other numeric summary key may be named directly
+COSTS = {"params": "num_params", "macs": "macs_per_token", "iter_latency": "iter_time_ms",
+         "peak_memory": "peak_memory_bytes"}
+SUMMARY_KEYS = ("best_val_loss", "final_val_loss", "final_train_loss", "best_iter", "iters", "tokens",
+                "num_params", "iter_time_ms", "tokens_per_s", "mfu", "peak_memory_bytes", "wall_time_s",
+                *(f"{n}_per_token" for n in COUNTS if n != "params"), "cost_params")
+ON_PLATEAU = ("stop", "raise_iters")
+# settings the search sets per run; taken out of the baseline
+PER_RUN = ("out_dir", "seed", "init_from", "overwrite")
+SPEC_KEYS = ("name", "baseline", "preset", "overrides", "params", "multiples", "steps", "seeds", "seed0",
+             "cost", "objective", "on_plateau", "iters_factor", "min_improvement", "in_process", "log",
+             "out_root", "retry_failed")
+MODEL_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
+TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------- the spec
+@dataclass
+class SearchSpec:
+    """What to search. `baseline` holds flat train.py settings (preset, file and overrides resolved)."""
+    name: str
+    baseline: dict
+    params: dict  # setting -> increment
+    multiples: int = 1
+    steps: int = 3
+    seeds: list = field(default_factory=lambda: [1337])
+    cost: str = "params"
+    objective: str = "best_val_loss"
+    on_plateau: str = "stop"
+    iters_factor: float = 2.0
+    min_improvement: float = 0.0
+    log: str | None = None
+    out_root: str | None = None
+    in_process: bool = False
+    retry_failed: bool = False
+    source: str | None = None  # where the baseline came from (for the log)
+
+    def __post_init__(self):
+        if self.log is None:
+            self.log = str(Path("hp_search_logs") / f"{self.name}.yaml")
+        if self.out_root is None:
+            self.out_root = str(Path("out") / "hp_search" / self.name)
+
+    @property
+    def cost_key(self) -> str:
+        return COSTS.get(self.cost, self.cost)
+
+    def identity(self) -> dict:
+        """What a resumed search must share with the one that wrote the log."""
+        return plain({"baseline": self.baseline, "params": self.params, "multiples": self.multiples,
+                      "seeds": self.seeds, "objective": self.objective, "cost": self.cost})
+
+    def to_dict(self) -> dict:
+        return plain({k: getattr(self, k) for k in (
+            "name", "source", "params", "multiples", "steps", "seeds", "cost", "objective", "on_plateau",
+            "iters_factor", "min_improvement", "in_process", "retry_failed", "out_root", "log")}
+            | {"cost_key": self.cost_key, "baseline": self.baseline})
+
+
+def param_type(name: str) -> type:
+    specs = train_args._field_specs()
+    if name not in specs:
+        raise UserError(unknown_name_message("setting", name, specs))
+    return specs[name][2]
+
+
+def default_value(name: str):
+    return train_args._field_specs()[name][1]
+
+
+def validate_spec(spec: SearchSpec) -> SearchSpec:
+    """Check everything before anything runs; numbers of float settings become floats."""
+    if not spec.params:
+        raise UserError("no parameters to grow; give at least one --param NAME INCREMENT")
+    for key, value in spec.baseline.items():
+        spec.baseline[key] = train_args.coerce(key, value)
+    for key in PER_RUN:
+        spec.baseline.pop(key, None)
+    problem = settings_problem(spec.baseline)
+    if problem:
+        raise UserError(f"the baseline settings are invalid: {problem}")
+    params = {}
+    for name, inc in spec.params.items():
+        typ = param_type(name)
+        if typ not in (int, float):
+            raise UserError(f"--param {name}: only int and float settings can grow, {name} is "
+                            f"{'a list' if typ is list else typ.__name__}")
+        if isinstance(inc, bool) or not isinstance(inc, (int, float)):
+            raise UserError(f"--param {name}: the increment must be a number, got {inc!r}")
+        if typ is int and not isinstance(inc, int):
+            if not float(inc).is_integer():
+                raise UserError(f"--param {name}: {name} is an integer setting, so its increment must be one, got {inc}")
+            inc = int(inc)
+        if typ is float:
+            inc = float(inc)
+        if inc == 0 or not math.isfinite(inc):
+            raise UserError(f"--param {name}: the increment must be a non-zero finite number, got {inc}")
+        if base_value(spec.baseline, name) is None:
+            raise UserError(f"--param {name}: the baseline has no value for {name} (its default is empty); "
+                            "set it in the baseline")
+        params[name] = inc
+    spec.params = params
+    for name in ("multiples", "steps"):
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"--{name} must be a whole number of at least 1, got {value!r}")
+    if not spec.seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in spec.seeds):
+        raise UserError(f"seeds must be a non-empty list of integers, got {spec.seeds!r}")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise UserError(f"seeds must differ, got {spec.seeds}")
+    spec.seeds = list(spec.seeds)
+    if spec.cost not in COSTS and spec.cost not in SUMMARY_KEYS:
+        raise UserError(unknown_name_message("cost", spec.cost, [*COSTS, *SUMMARY_KEYS]))
+    if spec.objective not in SUMMARY_KEYS:
+        raise UserError(unknown_name_message("objective (a summary.json key)", spec.objective, SUMMARY_KEYS))
+    if spec.on_plateau not in ON_PLATEAU:
+        raise UserError(unknown_name_message("--on_plateau", spec.on_plateau, ON_PLATEAU))
+    if not isinstance(spec.iters_factor, (int, float)) or isinstance(spec.iters_factor, bool) or spec.iters_factor <= 1:
+        raise UserError(f"--iters_factor must be a number above 1, got {spec.iters_factor!r}")
+    spec.iters_factor = float(spec.iters_factor)
+    if not isinstance(spec.min_improvement, (int, float)) or spec.min_improvement < 0:
+        raise UserError(f"--min_improvement must be a number >= 0, got {spec.min_improvement!r}")
+    spec.min_improvement = float(spec.min_improvement)
+    return spec
+
+
+# ------------------------------------------------------------------------------- candidates
+def base_value(settings: dict, name: str):
+    return settings[name] if settings.get(name) is not None else default_value(name)
+
+
+def settings_problem(settings: dict) -> str | None:
+    """None when train.py would accept the settings as a model and training configuration, else why not."""
+    try:
+        for key, value in settings.items():
+            train_args.coerce(key, value)
+        GPTConfig(**{k: v for k, v in settings.items() if k in MODEL_FIELDS})
+        TrainConfig(**{**{k: v for k, v in settings.items() if k in TRAIN_FIELDS}, "out_dir": "unused"})
+    except UserError as e:
+        return str(e)
+    except (TypeError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def layerlist_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(GPTConfig) if f.metadata.get("layerlist_of")]
+
+
+def with_value(settings: dict, name: str, value) -> dict:
+    """settings with `name` set to `value`; a new n_layer rewrites every per-layer list the settings hold
+    (written out per layer, cycling as the model does, then the last layer's entry repeated)."""
+    new = dict(settings)
+    new[name] = value
+    if name == "n_layer":
+        old = base_value(settings, "n_layer")
+        for key in layerlist_keys():
+            lst = settings.get(key)
+            if lst:
+                per_layer = [lst[i % len(lst)] for i in range(old)]
+                new[key] = (per_layer + [per_layer[-1]] * max(0, value - old))[:max(value, 0)]
+    return new
+
+
+def grown_value(base, increment, multiple: int):
+    if isinstance(base, int) and isinstance(increment, int):
+        return base + multiple * increment
+    return round(float(base) + multiple * float(increment), 12)  # 0.1 + 0.2 -> 0.3, not 0.30000000000000004
+
+
+def build_candidates(settings: dict, params: dict, multiples: int) -> list[dict]:
+    """One record per (parameter, multiple): name, change, settings, status pending or skipped (+ reason)."""
+    out = []
+    for name, inc in params.items():
+        base = base_value(settings, name)
+        for m in range(1, multiples + 1):
+            value = grown_value(base, inc, m)
+            new = with_value(settings, name, value)
+            change = {k: v for k, v in new.items() if settings.get(k) != v}
+            cand = {"name": f"{name}={value}", "param": name, "multiple": m, "value": value, "change": change,
+                    "settings": new, "status": "pending", "runs": []}
+            problem = settings_problem(new)
+            if problem:
+                cand.update(status="skipped", reason=problem)
+            out.append(cand)
+    return out
+
+
+def raise_iters(settings: dict, factor: float) -> dict:
+    """settings with max_iters (and lr_decay_iters, when set) multiplied by factor."""
+    new = dict(settings)
+    for key in ("max_iters", "lr_decay_iters"):
+        value = settings.get(key) if key == "lr_decay_iters" else base_value(settings, key)
+        if value is not None:
+            new[key] = int(math.ceil(value * factor))
+    return new
+
+
+# ----------------------------------------------------------------------------- the decision
+def aggregate(entry: dict, seeds: list) -> None:
+    """Mean objective and cost over the seeds of a baseline or candidate record, and its status."""
+    runs = {r["seed"]: r for r in entry["runs"]}
+    failed = [r for r in entry["runs"] if r["status"] == "failed"]
+    if failed:
+        entry.update(status="failed", reason=f"seed {failed[0]['seed']}: {failed[0].get('error', 'failed')}")
+        return
+    if any(s not in runs for s in seeds):
+        entry["status"] = "running" if entry["runs"] else "pending"
+        return
+    objs = [float(runs[s]["objective"]) for s in seeds]
+    costs = [float(runs[s]["cost"]) for s in seeds]
+    entry.update(status="completed", objective=statistics.fmean(objs), cost=statistics.fmean(costs),
+                 objective_std=statistics.stdev(objs) if len(objs) > 1 else 0.0)
+    entry.pop("reason", None)
+
+
+def rank_candidates(baseline: dict, candidates: list[dict], min_improvement: float = 0.0) -> dict | None:
+    """Mark each completed candidate with improvement, added_cost, efficiency and verdict; return the one
+    to adopt, or None.
+
+    Verdicts: `dominates` (improves by more than min_improvement at no added cost: efficiency is
+    infinite, logged as null), `improves` (efficiency = improvement / added cost), and never adopted:
+    `worse`, `equal`, `too_small` (0 < improvement <= min_improvement). Dominating candidates win outright,
+    the largest improvement first (then the cheaper); otherwise the highest efficiency (then the larger
+    improvement)."""
+    dominating, improving = [], []
+    for c in candidates:
+        c["chosen"] = False
+        if c.get("status") != "completed":
+            continue
+        imp = baseline["objective"] - c["objective"]
+        added = c["cost"] - baseline["cost"]
+        c.update(improvement=imp, added_cost=added, efficiency=None)
+        if imp < 0:
+            c["verdict"] = "worse"
+        elif imp == 0:
+            c["verdict"] = "equal"
+        elif imp <= min_improvement:
+            c["verdict"] = "too_small"
+        elif added <= 0:
+            c["verdict"] = "dominates"
+            dominating.append(c)
+        else:
+            c["verdict"] = "improves"
+            c["efficiency"] = imp / added
+            improving.append(c)
+    best = None
+    if dominating:
+        best = max(dominating, key=lambda c: (c["improvement"], -c["added_cost"]))
+    elif improving:
+        best = max(improving, key=lambda c: (c["efficiency"], c["improvement"]))
+    if best is not None:
+        best["chosen"] = True
+    return best
+
+
+# ---------------------------------------------------------------------------- train evaluator
+class RunFailed(RuntimeError):
+    """A training run that did not give a usable result."""
+
+
+def settings_to_argv(settings: dict) -> list[str]:
+    """Flat settings -> train.py flags (None values are left out: the flag's default applies)."""
+    argv = []
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, float):
+            argv += [f"--{key}", repr(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the train.py child gets SIGKILL when the search dies, so a killed search leaves no orphan
+    writing into the run directory that its resume will use."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class TrainEvaluator:
+    """evaluate(settings, seed) for real runs: train.py in a subprocess (or train.main in this process),
+    then the objective and cost read from the run's summary.json."""
+
+    def __init__(self, objective: str = "best_val_loss", cost_key: str = "num_params", in_process: bool = False,
+                 python: str = sys.executable):
+        self.objective, self.cost_key, self.in_process, self.python = objective, cost_key, in_process, python
+
+    def __call__(self, settings: dict, seed: int) -> dict:
+        out_dir = Path(settings["out_dir"])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log_path = out_dir / "train.log"
+        # the run directory belongs to the search: a killed run is started over
+        argv = settings_to_argv({**settings, "seed": seed, "out_dir": str(out_dir)}) + ["--overwrite"]
+        t0 = time.time()
+        if self.in_process:
+            summary = self._in_process(argv, log_path)
+        else:
+            with open(log_path, "w") as log:
+                rc = subprocess.run([self.python, str(TRAIN_PY), *argv], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None).returncode
+            if rc != 0:
+                last = _tail(log_path, 1).strip() or "no output"
+                raise RunFailed(f"train.py exited with status {rc}: {last}")
+            try:
+                summary = json.loads((out_dir / "summary.json").read_text())
+            except (OSError, ValueError) as e:
+                raise RunFailed(f"no readable summary.json in {out_dir} ({type(e).__name__})") from None
+        if summary.get("status") != "completed":
+            raise RunFailed(f"the run did not complete (status {summary.get('status')!r})")
+        result = {"out_dir": str(out_dir), "wall_s": round(time.time() - t0, 2), "summary": summary}
+        for role, key in (("objective", self.objective), ("cost", self.cost_key)):
+            value = summary.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RunFailed(f"summary.json has no number for {key} (the {role}): {value!r}")
+            result[role] = value
+        return result
+
+    @staticmethod
+    def _in_process(argv: list[str], log_path: Path) -> dict:
+        import gc
+
+        import torch
+
+        import train
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                summary = train.main(argv)
+        except UserError as e:
+            raise RunFailed(f"train.py: {e}") from None
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return summary
+
+
+# ---------------------------------------------------------------------------------- the search
+def plain(obj):
+    """A copy made of YAML-safe plain types (dict with str keys, list, str, int, float, bool, None)."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    try:
+        return float(obj)  # numpy / torch scalars
+    except (TypeError, ValueError):
+        return str(obj)
+
+
+def load_log(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        log = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"search log {path} cannot be read ({type(e).__name__}); move it away to start over") from None
+    if not isinstance(log, dict) or not isinstance(log.get("steps"), list) or "identity" not in log:
+        raise UserError(f"{path} is not a hyperparam_search log; choose another --log")
+    return log
+
+
+class GreedySearch:
+    def __init__(self, spec: SearchSpec, evaluate=None, console=None, overwrite: bool = False):
+        self.spec = spec
+        self.evaluate = evaluate or TrainEvaluator(spec.objective, spec.cost_key, spec.in_process)
+        self.console = console or _console()
+        self.path = Path(spec.log)
+        old = None if overwrite else load_log(self.path)
+        identity = spec.identity()
+        if old is not None and old["identity"] != identity:
+            differs = [k for k in identity if old["identity"].get(k) != identity[k]]
+            raise UserError(f"{self.path} holds a different search (it differs in: {', '.join(differs)}); "
+                            "pass --overwrite to start it over, or choose another --name or --log")
+        if old is None:
+            self.log = {"name": spec.name, "status": "running", "stop_reason": None, "started_at": now(),
+                        "updated_at": now(), "finished_at": None, "search": spec.to_dict(), "identity": identity,
+                        "final": None, "steps": []}
+        else:
+            self.log = old
+            self.log["search"] = spec.to_dict()  # the step budget, plateau policy, ... may have changed
+            if self.log["status"] == "finished" and self.log["stop_reason"] in ("max_steps", "baseline_failed"):
+                self.log.update(status="running", stop_reason=None, finished_at=None)
+            if self.spec.retry_failed:
+                for step in self.log["steps"]:
+                    if step.get("outcome") == "baseline_failed":
+                        step.update(finished_at=None, outcome=None)
+            self.console.print(f"resuming {spec.name} from {self.path} ({len(self.log['steps'])} step(s) recorded)")
+
+    # -- persistence
+    def save(self):
+        self.log["updated_at"] = now()
+        text = yaml.safe_dump(plain(self.log), sort_keys=False, allow_unicode=True, width=120)
+        atomic_write_bytes(self.path, text.encode())
+
+    # -- the loop
+    def run(self) -> dict:
+        log, spec = self.log, self.spec
+        if log["status"] == "finished":
+            self.console.print(trajectory_table(log, spec))
+            self.console.print(f"search {spec.name} already finished ({log['stop_reason']}); log in {self.path}",
+                               highlight=False)
+        while log["status"] != "finished":
+            steps = log["steps"]
+            if steps and steps[-1].get("finished_at") is None:
+                step = steps[-1]
+            elif steps and steps[-1]["outcome"] in ("no_improvement", "baseline_failed"):
+                self._stop(steps[-1]["outcome"])
+                break
+            elif len(steps) >= spec.steps:
+                self._stop("max_steps")
+                break
+            else:
+                step = self._new_step(steps[-1] if steps else None)
+                steps.append(step)
+                self.save()
+            self._run_step(step)
+        return log
+
+    def _new_step(self, prev: dict | None) -> dict:
+        index = 1 if prev is None else prev["index"] + 1
+        if prev is None:
+            baseline = {"settings": dict(self.spec.baseline), "source": "measured", "runs": []}
+        elif prev["outcome"] == "adopted":
+            chosen = next(c for c in prev["candidates"] if c["name"] == prev["chosen"])
+            baseline = {k: copy.deepcopy(chosen[k]) for k in ("settings", "runs", "status", "objective", "cost", "objective_std")
+                        if k in chosen}
+            baseline["source"] = f"step {prev['index']}: {chosen['name']}"
+        else:  # raise_iters
+            baseline = {"settings": raise_iters(prev["baseline"]["settings"], self.spec.iters_factor),
+                        "source": "measured", "runs": []}
+        baseline["settings"] = dict(baseline["settings"])
+        return {"index": index, "started_at": now(), "finished_at": None, "baseline": baseline,
+                "candidates": build_candidates(baseline["settings"], self.spec.params, self.spec.multiples),
+                "chosen": None, "change": None, "outcome": None}
+
+    def _run_step(self, step: dict):
+        spec, b = self.spec, step["baseline"]
+        self.console.print(f"[bold]step {step['index']}[/bold] (baseline: {b['source']}; "
+                           f"{sum(c['status'] != 'skipped' for c in step['candidates'])} candidates x "
+                           f"{len(spec.seeds)} seed(s))", highlight=False)
+        self._measure(step, b, "baseline")
+        if b["status"] != "completed":
+            step.update(outcome="baseline_failed", finished_at=now())
+            self.console.print(f"[red]the baseline failed ({b.get('reason')}); stopping[/red]")
+            self.save()
+            return
+        for cand in step["candidates"]:
+            if cand["status"] == "skipped":
+                continue
+            self._measure(step, cand, cand["name"])
+            rank_candidates(b, [cand], spec.min_improvement)  # fill improvement etc. as results arrive
+            self.save()
+        chosen = rank_candidates(b, step["candidates"], spec.min_improvement)
+        if chosen is not None:
+            step.update(chosen=chosen["name"], change=chosen["change"], outcome="adopted")
+        elif spec.on_plateau == "raise_iters":
+            raised = raise_iters(b["settings"], spec.iters_factor)
+            step.update(outcome="raise_iters", change={k: v for k, v in raised.items() if b["settings"].get(k) != v})
+        else:
+            step["outcome"] = "no_improvement"
+        step["finished_at"] = now()
+        self.save()
+        self.console.print(step_table(step, spec))
+        what = {"adopted": f"adopt {chosen['name'] if chosen else ''}",
+                "raise_iters": f"no candidate improves: raise the iteration budget ({fmt_change(step['change'])})",
+                "no_improvement": "no candidate improves"}[step["outcome"]]
+        self.console.print(f"step {step['index']}: {what}", highlight=False)
+
+    def _measure(self, step: dict, entry: dict, label: str):
+        spec = self.spec
+        keep = [r for r in entry["runs"] if r["status"] == "completed"
+                or (r["status"] == "failed" and not spec.retry_failed)]
+        entry["runs"] = [r for r in keep if r["seed"] in spec.seeds]
+        done = {r["seed"] for r in entry["runs"]}
+        for seed in spec.seeds:
+            if seed in done:
+                continue
+            run_dir = Path(spec.out_root) / f"step_{step['index']}" / label / f"seed_{seed}"
+            settings = {**entry["settings"], "seed": seed, "out_dir": str(run_dir)}
+            rec = {"seed": seed, "status": None, "out_dir": str(run_dir), "started_at": now()}
+            t0 = time.time()
+            try:
+                result = dict(self.evaluate(settings, seed))
+                for key in ("objective", "cost"):
+                    value = result.get(key)
+                    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                        raise RunFailed(f"the {key} is not a finite number: {value!r}")
+                    result[key] = float(value)
+                rec.update(result, status="completed")
+                msg = (f"{spec.objective} {result['objective']:.4f}, {spec.cost} {fmt_num(spec.cost, result['cost'])}")
+            except Exception as e:  # noqa: BLE001 - a failed run is recorded, the search goes on
+                text = str(e).strip().splitlines()
+                rec.update(status="failed", error=(text[0] if text else type(e).__name__)[:500])
+                msg = f"[red]failed[/red]: {rec['error']}"
+            rec["finished_at"] = now()
+            entry["runs"].append(rec)
+            entry["runs"].sort(key=lambda r: spec.seeds.index(r["seed"]))
+            aggregate(entry, spec.seeds)
+            self.save()
+            self.console.print(f"  step {step['index']} {label} seed {seed}: {msg} ({time.time() - t0:.1f}s)",
+                               highlight=False)
+        aggregate(entry, spec.seeds)
+
+    def _stop(self, reason: str):
+        log = self.log
+        final = None
+        for step in reversed(log["steps"]):
+            if step.get("outcome") == "adopted":
+                final = next(c for c in step["candidates"] if c["name"] == step["chosen"])
+                break
+            if step["baseline"].get("status") == "completed":
+                final = step["baseline"]
+                break
+        if final is not None:
+            initial = self.spec.baseline
+            log["final"] = {"settings": final["settings"], "objective": final.get("objective"),
+                            "cost": final.get("cost"),
+                            "change": {k: v for k, v in final["settings"].items() if initial.get(k) != v}}
+        log.update(status="finished", stop_reason=reason, finished_at=now())
+        self.save()
+        self.console.print(trajectory_table(log, self.spec))
+        self.console.print(f"search {self.spec.name} stopped: {reason}; log in {self.path}", highlight=False)
+
+
+def run_search(spec: SearchSpec, evaluate=None, console=None, overwrite: bool = False) -> dict:
+    """Validate the spec and run (or resume) the search; returns the log."""
+    validate_spec(spec)
+    return GreedySearch(spec, evaluate, console, overwrite).run()
+
+
+# ---------------------------------------------------------------------------------- printing
+def _console():
+    from rich.console import Console
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def fmt_num(cost: str, value) -> str:
+    if value is None:
+        return "-"
+    if cost in ("peak_memory", "peak_memory_bytes"):
+        return f"{value / 2**20:,.1f} MiB"
+    if cost in ("iter_latency", "iter_time_ms"):
+        return f"{value:.2f} ms"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= div:
+            return f"{value / div:.3f}{unit}"
+    return f"{value:.4g}"
+
+
+def fmt_change(change: dict | None) -> str:
+    if not change:
+        return "-"
+    return ", ".join(f"{k}={' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in change.items())
+
+
+def step_table(step: dict, spec: SearchSpec):
+    from rich.table import Table
+    table = Table(title=f"step {step['index']}: {spec.objective} (lower is better) vs {spec.cost}")
+    for col in ("candidate", "status", spec.objective, "Δ objective", spec.cost, "Δ cost", "efficiency", "verdict"):
+        table.add_column(col, justify="left" if col in ("candidate", "status", "verdict") else "right")
+    b = step["baseline"]
+    std = f" ± {b['objective_std']:.4f}" if b.get("objective_std") else ""
+    table.add_row("baseline", b.get("status", "-"), f"{b['objective']:.4f}{std}" if "objective" in b else "-", "",
+                  fmt_num(spec.cost, b.get("cost")), "", "", b["source"])
+    for c in step["candidates"]:
+        if c["status"] != "completed":
+            table.add_row(c["name"], c["status"], "", "", "", "", "", (c.get("reason") or "")[:80])
+            continue
+        std = f" ± {c['objective_std']:.4f}" if c.get("objective_std") else ""
+        eff = "inf" if c.get("verdict") == "dominates" else (f"{c['efficiency']:.3g}" if c.get("efficiency") else "")
+        style = "bold green" if c.get("chosen") else None
+        table.add_row(c["name"], c["status"], f"{c['objective']:.4f}{std}", f"{-c['improvement']:+.4f}",
+                      fmt_num(spec.cost, c["cost"]), f"{'+' if c['added_cost'] >= 0 else '-'}"
+                      f"{fmt_num(spec.cost, abs(c['added_cost']))}", eff,
+                      c.get("verdict", "") + (" <- adopted" if c.get("chosen") else ""), style=style)
+    return table
+
+
+def trajectory(log: dict) -> list[dict]:
+    """The adopted path: the measured baselines and each adopted candidate, in order."""
+    points = []
+    for step in log.get("steps", []):
+        b = step.get("baseline", {})
+        if b.get("source") == "measured" and b.get("status") == "completed":
+            label = "start" if not points else "more iters"
+            points.append({"step": step["index"], "label": label, "objective": b["objective"], "cost": b["cost"],
+                           "measured": True})
+        if step.get("outcome") == "adopted":
+            c = next(c for c in step["candidates"] if c["name"] == step["chosen"])
+            points.append({"step": step["index"], "label": c["name"], "objective": c["objective"],
+                           "cost": c["cost"], "measured": False})
+    return points
+
+
+def trajectory_table(log: dict, spec: SearchSpec):
+    from rich.table import Table
+    table = Table(title=f"search {log['name']}: the adopted path")
+    for col in ("step", "change", spec.objective, spec.cost):
+        table.add_column(col, justify="left" if col == "change" else "right")
+    for p in trajectory(log):
+        table.add_row(str(p["step"]), p["label"], f"{p['objective']:.4f}", fmt_num(spec.cost, p["cost"]))
+    return table
+
+
+# --------------------------------------------------------------------------------------- CLI
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="hyperparam_search.py", allow_abbrev=False,
+                       description="Greedy efficiency-per-cost search over train.py settings. train.py flags "
+                                   "after `--` apply on top of the baseline.",
+                       epilog="Options left out take the --spec file's values, then the defaults shown.")
+    p.add_argument("--spec", "-c", help="search-spec YAML (baseline, params, multiples, ...); flags override it")
+    p.add_argument("--baseline", help="YAML/JSON file of train.py settings to start from")
+    p.add_argument("--preset", help="train.py preset under the baseline file (debug, cpu, gpt2)")
+    p.add_argument("--param", nargs=2, action="append", metavar=("NAME", "INCREMENT"),
+                   help="a setting to grow and its increment (repeat for more; replaces the spec's params)")
+    p.add_argument("--multiples", "-K", type=int, help="candidates per parameter per step: base + m * increment, m = 1..K (default 1)")
+    p.add_argument("--steps", type=int, help="step budget (default 3)")
+    p.add_argument("--seeds", type=int, help="seeds per candidate (default 1)")
+    p.add_argument("--seed0", type=int, help="first seed (default: the baseline's seed, else 1337)")
+    p.add_argument("--cost", help=f"cost to pay: {', '.join(COSTS)} or a numeric summary.json key (default params)")
+    p.add_argument("--objective", help="numeric summary.json key to minimise (default best_val_loss)")
+    p.add_argument("--on_plateau", choices=ON_PLATEAU, help="when nothing improves: stop, or raise the iteration budget (default stop)")
+    p.add_argument("--iters_factor", type=float, help="raise_iters multiplies max_iters (and lr_decay_iters) by this (default 2)")
+    p.add_argument("--min_improvement", type=float, help="improvements up to this are treated as none (default 0)")
+    p.add_argument("--name", help="search name (default: the spec's, else the spec or baseline file name)")
+    p.add_argument("--log", help="the search log (default hp_search_logs/<name>.yaml)")
+    p.add_argument("--out_root", help="run directories (default out/hp_search/<name>)")
+    p.add_argument("--in_process", action="store_true", default=None, help="train in this process (train.main) instead of subprocesses")
+    p.add_argument("--retry_failed", action="store_true", default=None, help="re-run recorded failed runs on resume")
+    p.add_argument("--overwrite", action="store_true", help="discard the existing log (whatever search it holds) and start over")
+    p.add_argument("--dry_run", action="store_true", help="print the baseline and the first step's candidates, run nothing")
+    return p
+
+
+def _number(text: str, what: str):
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{what}: '{text}' is not a number") from None
+
+
+def load_spec_file(path: str) -> tuple[dict, Path]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"search spec {path} not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"search spec {path} cannot be parsed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"search spec {path} must hold a mapping, got {type(data).__name__}")
+    for key in data:
+        if key not in SPEC_KEYS:
+            raise UserError(f"search spec {path}: {unknown_name_message('key', str(key), SPEC_KEYS)}")
+    return data, p
+
+
+def spec_from_args(argv: list[str]) -> tuple[SearchSpec, argparse.Namespace]:
+    if "--" in argv:
+        i = argv.index("--")
+        argv, train_flags = argv[:i], argv[i + 1:]
+    else:
+        train_flags = []
+    args = build_parser().parse_args(argv)
+    data, spec_path = load_spec_file(args.spec) if args.spec else ({}, None)
+
+    def pick(name, default=None):
+        value = getattr(args, name, None)
+        return value if value is not None else data.get(name, default)
+
+    # the baseline settings: preset < baseline file (or mapping) < spec overrides < flags after --
+    settings, source = {}, []
+    preset = pick("preset")
+    if preset is not None:
+        if preset not in train_args.PRESETS:
+            raise UserError(unknown_name_message("preset", str(preset), train_args.PRESETS))
+        settings.update(train_args.PRESETS[preset])
+        source.append(f"preset {preset}")
+    baseline = args.baseline if args.baseline is not None else data.get("baseline")
+    baseline_path = None
+    if isinstance(baseline, dict):
+        try:
+            settings.update({k: train_args.coerce(k, v) for k, v in baseline.items()})
+        except UserError as e:
+            raise UserError(f"search spec {spec_path}: baseline: {e}") from None
+        source.append(f"{spec_path} (baseline mapping)")
+    elif baseline is not None:
+        baseline_path = Path(str(baseline))
+        if args.baseline is None and spec_path is not None and not baseline_path.is_absolute() \
+                and (spec_path.parent / baseline_path).is_file():
+            baseline_path = spec_path.parent / baseline_path  # relative to the spec file first
+        settings.update(train_args.load_config_file(str(baseline_path)))
+        source.append(str(baseline_path))
+    elif not preset:
+        raise UserError("no baseline: give --baseline FILE (train.py settings), --preset, or a --spec that names one")
+    overrides = data.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise UserError(f"search spec {spec_path}: overrides must be a mapping of train.py settings")
+    try:
+        settings.update({k: train_args.coerce(k, v) for k, v in overrides.items()})
+    except UserError as e:
+        raise UserError(f"search spec {spec_path}: overrides: {e}") from None
+    if train_flags:
+        parsed = train_args.parse_args(train_flags)
+        settings.update(parsed.model)
+        settings.update(parsed.train)
+        source.append("flags " + " ".join(train_flags))
+
+    if args.param:
+        params = {name: _number(inc, f"--param {name}") for name, inc in args.param}
+    else:
+        params = data.get("params") or {}
+        if not isinstance(params, dict):
+            raise UserError(f"search spec {spec_path}: params must be a mapping of setting: increment")
+    seed0 = pick("seed0", settings.get("seed", default_value("seed")))
+    seeds = args.seeds if args.seeds is not None else data.get("seeds", 1)
+    if isinstance(seeds, list):
+        if args.seed0 is not None:
+            seeds = [args.seed0 + i for i in range(len(seeds))]
+    elif isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seeds = [seed0 + i for i in range(seeds)]
+    else:
+        raise UserError(f"seeds must be a count of at least 1 or a list of integers, got {seeds!r}")
+    name = pick("name") or (spec_path.stem if spec_path else baseline_path.stem if baseline_path else "search")
+    spec = SearchSpec(
+        name=str(name), baseline=settings, params=params, multiples=pick("multiples", 1), steps=pick("steps", 3),
+        seeds=seeds, cost=str(pick("cost", "params")), objective=str(pick("objective", "best_val_loss")),
+        on_plateau=str(pick("on_plateau", "stop")), iters_factor=pick("iters_factor", 2.0),
+        min_improvement=pick("min_improvement", 0.0), log=pick("log"), out_root=pick("out_root"),
+        in_process=bool(pick("in_process", False)), retry_failed=bool(pick("retry_failed", False)),
+        source=" < ".join(source))
+    return validate_spec(spec), args
+
+
+def main(argv: list[str] | None = None, evaluate=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    spec, args = spec_from_args(argv)
+    console = _console()
+    if spec.in_process and spec.cost_key == "peak_memory_bytes":
+        console.print("[yellow]warning: --in_process measures CPU peak memory as this process's high-water mark, "
+                      "which carries over between runs; use subprocesses for peak_memory on CPU[/yellow]")
+    if args.dry_run:
+        from rich.table import Table
+        cands = build_candidates(spec.baseline, spec.params, spec.multiples)
+        table = Table(title=f"search {spec.name}: step 1 candidates (baseline: {spec.source})")
+        for col in ("candidate", "change", "status"):
+            table.add_column(col)
+        for c in cands:
+            table.add_row(c["name"], fmt_change(c["change"]), c["status"] + (f": {c['reason']}" if c.get("reason") else ""))
+        console.print(table)
+        n = (1 + sum(c["status"] != "skipped" for c in cands)) * len(spec.seeds)
+        console.print(f"baseline: {fmt_change(spec.baseline)}\nstep 1 would train {n} run(s); "
+                      f"log {spec.log}, runs under {spec.out_root}", highlight=False)
+        return {"spec": spec.to_dict(), "candidates": cands}
+    return GreedySearch(spec, evaluate, console, overwrite=args.overwrite).run()
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

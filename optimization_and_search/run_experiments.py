@@ -1,0 +1,633 @@
+"""Run a sweep: every run of an explorations/ file as its own `python train.py`, N at a time, resumable.
+
+    python optimization_and_search/run_experiments.py -c explorations/softmax_cpu.yaml --dry_run
+    python optimization_and_search/run_experiments.py -c explorations/softmax_cpu.yaml --jobs 2 --csv softmax.csv
+    python optimization_and_search/run_experiments.py -c explorations/gqa_gpu.yaml --jobs 4 --set max_iters=200
+
+Each run trains in <out_root>/<run name> (default out/<sweep name>/<run name>) with its output in train.log
+there. One YAML document per finished run is appended atomically to exploration_logs/<sweep name>.yaml
+(name, status, exit_code, out_dir, times, settings, config.json, summary.json; failed runs also the last
+40 lines of their log). Re-running the same command skips completed runs, resumes or restarts interrupted
+ones and leaves failed ones alone unless --retry_failed; killing the runner (even with SIGKILL) loses no
+finished result. Read the log with yaml.safe_load_all, plot it with analysis/plot_sweep.py.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
+
+from errors import ArgumentParser, UserError, run_cli
+from io_utils import atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:
+    from optimization_and_search.sweep_config import Sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ROOT / "train.py"
+LOG_TAIL_LINES = 40
+RUN_MARKER = "sweep_run.json"  # written into each run dir before launch: the settings it was started with
+
+
+# ------------------------------------------------------------------------------------------ the log
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_representer(dumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def dump_doc(doc: dict) -> str:
+    return "---\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120,
+                               allow_unicode=True)
+
+
+def load_log(path: str | Path) -> list[dict]:
+    """Every document of a result log, in order; a torn or unreadable document is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text()
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError:  # parse document by document, keeping the readable ones
+        docs = []
+        for chunk in re.split(r"(?m)^---[ \t]*$", text):
+            try:
+                docs.append(yaml.safe_load(chunk))
+            except yaml.YAMLError:
+                print(f"warning: skipping an unreadable document in {path}", file=sys.stderr)
+    return [d for d in docs if isinstance(d, dict) and "name" in d]
+
+
+def append_log(path: str | Path, doc: dict) -> None:
+    """Add one document: the whole new file is written beside the old one, then renamed over it."""
+    path = Path(path)
+    old = path.read_bytes() if path.exists() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    atomic_write_bytes(path, old + dump_doc(doc).encode())
+
+
+def latest_by_name(docs: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for d in docs:
+        out[d["name"]] = d
+    return out
+
+
+def flat_rows(docs: list[dict]) -> tuple[list[str], list[dict]]:
+    """One row per document: name, status, exit_code, out_dir, the settings, then the summary keys (a
+    summary key that is also a setting, like dtype, becomes summary_<key>)."""
+    settings_keys = list(dict.fromkeys(k for d in docs for k in (d.get("settings") or {})))
+    summary_keys = list(dict.fromkeys(k for d in docs for k in (d.get("summary") or {})))
+    summary_cols = {k: f"summary_{k}" if k in settings_keys or k in ("name", "status") else k for k in summary_keys}
+    head = ["name", "status", "exit_code", "out_dir", "started_at", "finished_at"]
+    rows = []
+    for d in docs:
+        row = {k: d.get(k) for k in head}
+        for k, v in (d.get("settings") or {}).items():
+            row[k] = " ".join(map(str, v)) if isinstance(v, list) else v
+        for k, v in (d.get("summary") or {}).items():
+            row[summary_cols[k]] = v
+        rows.append(row)
+    return head + settings_keys + list(summary_cols.values()), rows
+
+
+def write_csv(path: str | Path, docs: list[dict]) -> None:
+    columns, rows = flat_rows(docs)
+    tmp = Path(path)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def read_json_or_none(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def last_iter(metrics: Path) -> int | None:
+    """The step of the last complete record of metrics.jsonl (read from its end)."""
+    try:
+        with open(metrics, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["iter"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def fmt_loss(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids to spread runs over: CUDA_VISIBLE_DEVICES' entries, else 0..count-1; none without CUDA."""
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return []
+        count = torch.cuda.device_count()
+    except Exception:
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        ids = [x.strip() for x in env.split(",") if x.strip()]
+        return ids[:count] if count else ids
+    return [str(i) for i in range(count)]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _die_with_parent():  # preexec_fn (Linux): the run is killed when the runner dies, even by SIGKILL
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ runs
+@dataclass
+class Task:
+    name: str
+    settings: dict
+    out_dir: Path
+    state: str = "pending"  # pending, running, completed, failed, interrupted, done (earlier), skipped (failed earlier)
+    resume: bool = False
+    proc: subprocess.Popen | None = None
+    log_file: object = None
+    gpu: str | None = None
+    started: float | None = None
+    started_at: str | None = None
+    duration: float | None = None
+    best_val_loss: float | None = None
+    iter: int | None = None
+    max_iters: int | None = None
+    first_seen: tuple | None = None  # (time, step) when progress was first read: the pace is measured from it
+    exit_code: int | None = None
+    note: str = ""
+
+
+def plan(sweep: Sweep, out_root: Path, logged: dict[str, dict], retry_failed: bool) -> list[Task]:
+    """A task per run, with what to do about it given the log and the run directories."""
+    tasks = []
+    for run in sweep.runs:
+        t = Task(run.name, run.settings, out_root / run.name)
+        doc = logged.get(run.name)
+        same = doc is not None and doc.get("settings") == run.settings
+        if same and doc.get("status") == "completed":
+            t.state, t.best_val_loss = "done", (doc.get("summary") or {}).get("best_val_loss")
+        elif same and doc.get("status") == "failed" and not retry_failed:
+            t.state, t.exit_code = "skipped", doc.get("exit_code")
+            t.note = "failed earlier (--retry_failed runs it again)"
+        else:
+            marker = read_json_or_none(t.out_dir / RUN_MARKER) or {}
+            summary = read_json_or_none(t.out_dir / "summary.json") or {}
+            if marker.get("settings") == run.settings:
+                if summary.get("status") == "completed" and not (same and doc.get("status") == "failed"):
+                    t.state, t.note = "finished", "finished, but its result was not in the log"
+                    t.started_at = marker.get("started_at")
+                elif (t.out_dir / "ckpt_last.pt").exists() and not (same and doc.get("status") == "failed"):
+                    t.resume, t.note = True, "interrupted: resumes from its last checkpoint"
+            if doc is not None and not same and t.note == "":
+                t.note = "settings changed since it was logged: runs again"
+        tasks.append(t)
+    return tasks
+
+
+class Runner:
+    def __init__(self, sweep: Sweep, tasks: list[Task], log_path: Path, jobs: int, python: str, console):
+        self.sweep, self.tasks, self.log_path, self.jobs, self.python = sweep, tasks, log_path, jobs, python
+        self.console = console
+        self.live = None
+        self.gpus = visible_gpus()
+        self.gpu_load = {g: 0 for g in self.gpus}
+        self.todo = [t for t in tasks if t.state == "pending"]
+        self.finished: list[Task] = []
+        self._last_poll = 0.0
+
+    # ---- process handling
+    def env_for(self, task: Task) -> dict:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.gpus:
+            task.gpu = min(self.gpus, key=lambda g: self.gpu_load[g])
+            self.gpu_load[task.gpu] += 1
+            env["CUDA_VISIBLE_DEVICES"] = task.gpu
+        if self.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            threads = str(max(1, cpu_count() // self.jobs))  # N processes share the cores, no oversubscription
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        return env
+
+    def launch(self, task: Task):
+        from optimization_and_search.sweep_config import run_argv
+        task.out_dir.mkdir(parents=True, exist_ok=True)
+        if not task.resume:
+            for stale in ("summary.json", "config.json"):
+                (task.out_dir / stale).unlink(missing_ok=True)
+        task.started, task.started_at = time.time(), now()
+        atomic_write_json(task.out_dir / RUN_MARKER, {"settings": task.settings, "started_at": task.started_at})
+        cmd = [self.python, str(TRAIN), *run_argv(task.settings), "--out_dir", str(task.out_dir),
+               *(["--init_from", "resume"] if task.resume else ["--overwrite"])]
+        log = task.out_dir / "train.log"
+        torn = task.resume and log.exists() and log.stat().st_size and not log.read_bytes().endswith(b"\n")
+        task.log_file = open(log, "a" if task.resume else "w")
+        task.log_file.write(("\n" if torn else "") + f"$ {' '.join(cmd)}\n")
+        task.log_file.flush()
+        env = self.env_for(task)
+        task.proc = subprocess.Popen(cmd, stdout=task.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        task.state = "running"
+        self.say(f"started {task.name}" + (" (resuming)" if task.resume else "")
+                 + (f" on GPU {task.gpu}" if task.gpu is not None else ""))
+
+    def release(self, task: Task):
+        if task.log_file is not None:
+            task.log_file.close()
+            task.log_file = None
+        if task.gpu is not None:
+            self.gpu_load[task.gpu] -= 1
+
+    def finish(self, task: Task, rc: int | None, interrupted: bool = False):
+        """Record a run that ended: completed, failed or interrupted (one atomic append to the log)."""
+        self.release(task)
+        summary = read_json_or_none(task.out_dir / "summary.json")
+        if (summary or {}).get("status") == "completed" and rc in (0, None):
+            status = "completed"
+        else:
+            status = "interrupted" if interrupted else "failed"
+        task.state, task.exit_code = status, rc
+        task.duration = time.time() - task.started if task.started else None
+        task.best_val_loss = (summary or {}).get("best_val_loss")
+        doc = {"name": task.name, "status": status, "exit_code": rc, "out_dir": str(task.out_dir),
+               "started_at": task.started_at, "finished_at": now(), "settings": task.settings,
+               "config": read_json_or_none(task.out_dir / "config.json"), "summary": summary}
+        if status == "failed":
+            doc["log_tail"] = tail(task.out_dir / "train.log")
+            if rc == 0:
+                doc["log_tail"] += "\n(train.py exited 0 but its summary.json is missing or not completed)"
+        append_log(self.log_path, doc)
+        self.finished.append(task)
+        if status == "completed":
+            self.say(f"completed {task.name}: best val loss {fmt_loss(task.best_val_loss)} in {fmt_time(task.duration)}"
+                     f" [{self.progress_text()}]")
+        elif status == "failed":
+            last = next((line for line in reversed(doc["log_tail"].splitlines()) if line.strip()), "")
+            self.say(f"failed {task.name} (exit code {rc}): {last} [log: {task.out_dir / 'train.log'}]")
+        else:
+            self.say(f"interrupted {task.name}")
+
+    def record_finished(self, task: Task):
+        """A run whose summary says completed but whose result never reached the log (the runner was killed)."""
+        task.started = None
+        self.finish(task, None)
+
+    def run(self):
+        for t in self.tasks:
+            if t.state == "finished":
+                self.record_finished(t)
+        queue = deque(self.todo)
+        running: list[Task] = []
+        try:
+            self.start_display()
+            while queue or running:
+                while queue and len(running) < self.jobs:
+                    task = queue.popleft()
+                    self.launch(task)
+                    running.append(task)
+                for task in list(running):
+                    rc = task.proc.poll()
+                    if rc is not None:
+                        running.remove(task)
+                        self.finish(task, rc)
+                self.refresh()
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            for task in running:
+                if task.proc.poll() is None:
+                    task.proc.terminate()
+            for task in running:
+                try:
+                    rc = task.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    task.proc.kill()
+                    rc = task.proc.wait()
+                self.finish(task, rc, interrupted=True)
+            raise
+        finally:
+            self.stop_display()
+
+    # ---- display
+    def progress_text(self) -> str:
+        done = sum(t.state in ("completed", "done", "finished") for t in self.tasks)
+        failed = sum(t.state in ("failed", "skipped") for t in self.tasks)
+        eta = self.eta()
+        return (f"{done}/{len(self.tasks)} done" + (f", {failed} failed" if failed else "")
+                + (f", ETA {fmt_time(eta)}" if eta is not None else ""))
+
+    def run_eta(self, task: Task) -> float | None:
+        """From the pace since the first step was seen (start-up and model building excluded)."""
+        if task.state != "running" or task.first_seen is None or not task.max_iters:
+            return None
+        t_first, it_first = task.first_seen
+        if task.iter is None or task.iter <= it_first:
+            return None
+        return max(0.0, (time.time() - t_first) / (task.iter - it_first) * (task.max_iters - task.iter))
+
+    def eta(self) -> float | None:
+        pending = [t for t in self.tasks if t.state == "pending"]
+        running = [t for t in self.tasks if t.state == "running"]
+        durations = [t.duration for t in self.finished if t.duration and t.state == "completed"]
+        if not pending and not running:
+            return None
+        mean = sum(durations) / len(durations) if durations else None
+        work = 0.0
+        for t in running:
+            e = self.run_eta(t)
+            if e is None:
+                if mean is None:
+                    return None
+                e = max(0.0, mean - (time.time() - t.started))
+            work += e
+        if pending:
+            if mean is None:
+                return None
+            work += len(pending) * mean
+        return work / max(1, min(self.jobs, len(pending) + len(running)))
+
+    def poll_progress(self):
+        if time.time() - self._last_poll < 1.0:
+            return
+        self._last_poll = time.time()
+        for t in self.tasks:
+            if t.state != "running":
+                continue
+            summary = read_json_or_none(t.out_dir / "summary.json")
+            if summary:
+                t.best_val_loss = summary.get("best_val_loss")
+            if t.max_iters is None:
+                config = read_json_or_none(t.out_dir / "config.json")
+                if config:
+                    t.max_iters = (config.get("train") or {}).get("max_iters")
+            t.iter = last_iter(t.out_dir / "metrics.jsonl")
+            if t.iter is not None and t.first_seen is None:
+                t.first_seen = (time.time(), t.iter)
+
+    def table(self):
+        from rich.table import Table
+        rows = self.tasks
+        if len(rows) > 25:  # the running ones, the latest finished, the next pending
+            running = [t for t in rows if t.state == "running"]
+            pending = [t for t in rows if t.state == "pending"][:5]
+            rows = running + self.finished[-(18 - min(18, len(running))):][::-1] + pending
+        table = Table(title=f"sweep {self.sweep.name}: {len(self.tasks)} runs, {self.jobs} at a time",
+                      caption=self.progress_text())
+        for col, justify in (("run", "left"), ("status", "left"), ("step", "right"), ("best val", "right"),
+                             ("time", "right"), ("ETA", "right")):
+            table.add_column(col, justify=justify)
+        colours = {"running": "cyan", "completed": "green", "done": "green", "finished": "green", "failed": "red",
+                   "skipped": "red", "interrupted": "yellow"}
+        for t in rows:
+            elapsed = t.duration if t.state != "running" else time.time() - t.started
+            step = f"{t.iter or 0}/{t.max_iters}" if t.state == "running" and t.max_iters else "-"
+            status = {"done": "done earlier", "skipped": "failed earlier", "finished": "completed"}.get(t.state, t.state)
+            table.add_row(t.name, f"[{colours.get(t.state, 'white')}]{status}", step, fmt_loss(t.best_val_loss),
+                          fmt_time(elapsed), fmt_time(self.run_eta(t)))
+        return table
+
+    def start_display(self):
+        if self.console.is_terminal:
+            from rich.live import Live
+            self.live = Live(self.table(), console=self.console, refresh_per_second=2, transient=False)
+            self.live.start()
+
+    def refresh(self):
+        self.poll_progress()
+        if self.live is not None:
+            self.live.update(self.table())
+
+    def stop_display(self):
+        if self.live is not None:
+            self.live.update(self.table())
+            self.live.stop()
+            self.live = None
+
+    def say(self, text: str):
+        line = f"[{datetime.now().strftime('%H:%M:%S')}] {text}"
+        if self.live is not None:  # on a terminal: above the live table
+            self.live.console.print(line, highlight=False, markup=False, soft_wrap=True)
+        else:  # plain lines for logs and pipes
+            print(line, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ tables
+def dry_run_table(sweep: Sweep, tasks: list[Task], log_path: Path):
+    from rich.table import Table
+    fixed = ", ".join(f"{k}={v}" for k, v in sweep.fixed.items())
+    table = Table(title=f"sweep {sweep.name}: {len(sweep.runs)} runs (log: {log_path})",
+                  caption=f"every run: {fixed}" if fixed else None)
+    table.add_column("#", justify="right")
+    table.add_column("run")
+    for k in sweep.varied:
+        table.add_column(k)
+    table.add_column("status")
+    status = {"pending": "to run", "done": "done", "skipped": "failed (skipped)", "finished": "finished (to log)"}
+    for i, t in enumerate(tasks, 1):
+        values = [str(t.settings[k]) if k in t.settings else "" for k in sweep.varied]
+        state = status.get(t.state, t.state) + (" (resume)" if t.resume else "")
+        table.add_row(str(i), t.name, *values, state)
+    return table
+
+
+def results_table(sweep: Sweep, docs: dict[str, dict]):
+    from rich.table import Table
+    table = Table(title=f"sweep {sweep.name}: results")
+    for col in ("run", "status", "best val", "params", "tok/s", "wall"):
+        table.add_column(col, justify="left" if col in ("run", "status") else "right")
+    rows = [docs[r.name] for r in sweep.runs if r.name in docs]
+    rows.sort(key=lambda d: ((d.get("summary") or {}).get("best_val_loss") is None,
+                             (d.get("summary") or {}).get("best_val_loss") or 0.0))
+    for d in rows:
+        s = d.get("summary") or {}
+        params = f"{s['num_params'] / 1e6:.2f}M" if s.get("num_params") else "-"
+        tps = f"{s['tokens_per_s']:,.0f}" if s.get("tokens_per_s") else "-"
+        table.add_row(d["name"], d["status"], fmt_loss(s.get("best_val_loss")), params, tps,
+                      fmt_time(s.get("wall_time_s")))
+    return table
+
+
+def parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set takes KEY=VALUE (e.g. --set max_iters=200), got '{item}'")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+class _Lock:
+    """One runner per sweep log: an exclusive lock on a file beside it, released when the process dies."""
+
+    def __init__(self, path: Path):
+        self.path, self.file = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "w")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise UserError(f"another run_experiments.py is running this sweep (lock {self.path}); "
+                            "wait for it, or give this one another --name") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> dict:
+    p = ArgumentParser(prog="optimization_and_search/run_experiments.py", description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", required=True, help="sweep file (YAML or JSON), e.g. explorations/softmax_cpu.yaml")
+    p.add_argument("--name", help="sweep name: the log's and the out folder's name (default: the file's stem)")
+    p.add_argument("--out_root", help="folder of the run directories (default: out/<sweep name>)")
+    p.add_argument("--log_dir", default="exploration_logs", help="folder of the result log <sweep name>.yaml")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (spread over the visible GPUs, else CPU processes)")
+    p.add_argument("--dry_run", action="store_true", help="print the run list and exit")
+    p.add_argument("--retry_failed", action="store_true", help="run again the runs that failed earlier")
+    p.add_argument("--csv", help="write the log's latest result per run as a flat table (settings + summary)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="a setting for every run, on top of the file (not in run names); repeatable")
+    p.add_argument("--python", default=sys.executable, help="interpreter that runs train.py")
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    if shutil.which(args.python) is None:
+        raise UserError(f"--python {args.python}: no such interpreter")
+    name = args.name or Path(args.config).stem
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise UserError(f"sweep name '{name}' must use only letters, digits, '.', '_' and '-' (see --name)")
+    from optimization_and_search.sweep_config import load_sweep  # imports torch: only when running a sweep
+    sweep = load_sweep(args.config, name, parse_set(args.set))
+    for w in sweep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    out_root = Path(args.out_root) if args.out_root else Path("out") / name
+    log_path = Path(args.log_dir) / f"{name}.yaml"
+
+    from rich.console import Console
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    logged = latest_by_name(load_log(log_path))
+    tasks = plan(sweep, out_root, logged, args.retry_failed)
+    if args.dry_run:
+        console.print(dry_run_table(sweep, tasks, log_path))
+        return {"sweep": sweep, "tasks": tasks, "log": log_path, "ran": []}
+
+    with _Lock(log_path.with_name(f".{name}.lock")):
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+        try:
+            for t in tasks:
+                if t.note:
+                    print(f"{t.name}: {t.note}", flush=True)
+            runner = Runner(sweep, tasks, log_path, args.jobs, args.python, console)
+            todo = [t.name for t in runner.todo]
+            if not todo and not any(t.state == "finished" for t in tasks):
+                print(f"nothing to run: all {len(tasks)} runs of {name} are in {log_path}"
+                      + ("" if args.retry_failed else " (failed ones run again with --retry_failed)"), flush=True)
+            runner.run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    docs = latest_by_name(load_log(log_path))
+    console.print(results_table(sweep, docs))
+    if args.csv:
+        write_csv(args.csv, list(docs.values()))
+        print(f"wrote {args.csv}", flush=True)
+    failed = [t.name for t in tasks if t.state in ("failed", "skipped")]
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see log_tail in {log_path}", file=sys.stderr)
+    print(f"log: {log_path}", flush=True)
+    return {"sweep": sweep, "tasks": tasks, "log": log_path, "ran": todo, "results": docs}
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,467 @@
+"""Sweep files: a YAML or JSON description of a family of train.py runs, expanded into a checked run list.
+
+    from optimization_and_search.sweep_config import load_sweep
+    sweep = load_sweep("explorations/softmax_cpu.yaml")
+    for run in sweep.runs:
+        print(run.name, run.settings, run_argv(run.settings))
+
+The format (explorations/README.md has one example per construct):
+
+- `key: value` or `key: [v1, v2, ...]`: every key is a train.py argument (a GPTConfig or TrainConfig field,
+  or `preset` / `config`); the runs are the cartesian product of the lists (a scalar is a one-value list).
+  `{range: {start: 1, end: 4, step: 1}}` stands for the values start, start + step, ... up to end inclusive.
+  A per-layer list setting (`*_layerlist`) takes a list of names as one value, a list of lists as several.
+- `common_group: {key: value}`: fixed settings of every run, never part of run names.
+- `parameter_groups: [{...}, {...}]`: each group is merged with the settings around it (the group wins on the
+  same key) and expanded; the run list is the union over the groups. A group may hold every construct of
+  this list except the two top-level ones (`common_group`, `named_groups`), including its own groups.
+- `named_groups: {name: {...}}` (top level) defines bundles referenced by name: `use: [a, b]` merges them in
+  (a static bundle of single values, or a variation bundle with lists), `alternates: [a, b]` makes one branch
+  per bundle (the union), `alternates: [[a, b], [c, d]]` the product of several such choices.
+- `conditionals: [{when: {key: value}, set: {...}}]`: `set` (any group body) applies only to the runs whose
+  settings match every `when` pair (a list of values matches any of them).
+
+Within one group the order is: the settings around it, its own settings, `use` (in order), `alternates`,
+`parameter_groups`, then `conditionals`; a later one wins on the same key.
+
+Every key is checked against train.py's arguments (an unknown key names the closest one), every value
+against the argument's type and choices (registry names included), each run's combination of settings as
+train.py would check it, and the run names (built from the settings that differ between runs) for
+duplicates, before anything runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+import train_args
+from errors import UserError, closest
+
+LEVEL_KEYS = ("use", "alternates", "parameter_groups", "conditionals")
+TOP_KEYS = ("common_group", "named_groups")
+EXTRA_ARGS = ("preset", "config")  # train.py arguments that are not config fields
+RUNNER_OWNED = {
+    "out_dir": "each run's out_dir is set by the runner (<out_root>/<run name>; see --out_root)",
+    "init_from": "the runner resumes interrupted runs itself",
+    "overwrite": "the runner starts every new run with --overwrite in its own out_dir",
+    "list_variants": "it is not a training setting",
+}
+MAX_NAME = 80
+_MISSING = object()
+
+
+@dataclass
+class Run:
+    name: str
+    settings: dict  # flat train.py settings (what the run passes), checked and normalised
+
+
+@dataclass
+class Sweep:
+    name: str
+    runs: list[Run]
+    varied: list[str]          # keys whose values differ between runs (they make up the run names)
+    fixed: dict                # settings equal in every run (common_group included)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ values
+def _specs() -> dict:
+    return train_args._field_specs()
+
+
+def _valid_keys() -> list[str]:
+    return [*_specs(), *EXTRA_ARGS]
+
+
+def _loc(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def check_key(key, where: str = "") -> None:
+    """A sweep key must be a train.py argument the runner does not own."""
+    if not isinstance(key, str):
+        raise UserError(f"{_loc(where)}setting names must be strings, got {key!r}")
+    if key in RUNNER_OWNED:
+        raise UserError(f"{_loc(where)}'{key}' cannot be set in a sweep: {RUNNER_OWNED[key]}")
+    if key in _specs() or key in EXTRA_ARGS:
+        return
+    guess = closest(key, [*_valid_keys(), *LEVEL_KEYS, *TOP_KEYS])
+    hint = f"; did you mean '{guess}'?" if guess else ""
+    raise UserError(f"{_loc(where)}unknown setting '{key}' (not a train.py argument){hint} "
+                    "(python train.py --help lists them)")
+
+
+def check_value(key: str, value, where: str = ""):
+    """The value, checked against the argument's type and choices and normalised (registry names, floats)."""
+    where = _loc(where)
+    if key == "preset":
+        if value not in train_args.PRESETS:
+            guess = closest(str(value), train_args.PRESETS)
+            raise UserError(f"{where}unknown preset {value!r}" + (f"; did you mean '{guess}'?" if guess else "")
+                            + f" valid: {', '.join(sorted(train_args.PRESETS))}")
+        return value
+    if key == "config":
+        if not isinstance(value, str):
+            raise UserError(f"{where}'config' must be a file path, got {value!r}")
+        try:
+            train_args.load_config_file(value)
+        except UserError as e:
+            raise UserError(f"{where}{e}") from None
+        return value
+    _, _, typ, meta = _specs()[key]
+    if isinstance(value, str) and typ in (int, float):  # YAML reads 1e-3 as a string: parse it like a flag
+        try:
+            value = typ(value)
+        except ValueError:
+            raise UserError(f"{where}setting '{key}' must be {typ.__name__}, got {value!r}") from None
+    try:
+        value = train_args.coerce(key, value)
+    except UserError as e:
+        raise UserError(f"{where}{e}") from None
+    kind = meta.get("registry")
+    if kind is not None and value is not None:
+        from variations.registry import get, normalize
+        items = value if isinstance(value, list) else [value]
+        for v in items:
+            try:
+                get(kind, v)
+            except UserError as e:
+                raise UserError(f"{where}{e}" if where else f"setting '{key}': {e}") from None
+        value = [normalize(v) for v in value] if isinstance(value, list) else normalize(value)
+    return value
+
+
+def range_values(spec, where: str = "") -> list:
+    """{start, end, step}: start, start + step, ... while not past end (end inclusive); ints stay ints."""
+    if not isinstance(spec, dict):
+        raise UserError(f"{_loc(where)}range needs a mapping {{start, end, step}}, got {spec!r}")
+    unknown = set(spec) - {"start", "end", "step"}
+    if unknown or not {"start", "end"} <= set(spec):
+        raise UserError(f"{_loc(where)}range takes start, end and step (step defaults to 1), got "
+                        f"{', '.join(map(str, spec)) or 'nothing'}")
+    start, end, step = spec["start"], spec["end"], spec.get("step", 1)
+    for n, v in (("start", start), ("end", end), ("step", step)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"{_loc(where)}range {n} must be a number, got {v!r}")
+    if step == 0 or (end - start) / step < 0:
+        raise UserError(f"{_loc(where)}range from {start} by {step} never reaches {end}")
+    count = math.floor((end - start) / step + 1e-9) + 1
+    if count > 10_000:
+        raise UserError(f"{_loc(where)}range gives {count} values; more than 10,000 is surely a mistake")
+    if all(isinstance(v, int) for v in (start, end, step)):
+        return [start + i * step for i in range(count)]
+    return [round(start + i * step, 12) for i in range(count)]
+
+
+def values_of(key: str, raw, where: str = "") -> list:
+    """The checked list of values a sweep entry `key: raw` stands for."""
+    check_key(key, where)
+    is_list_setting = key in _specs() and _specs()[key][2] is list
+    if isinstance(raw, dict):
+        if set(raw) == {"range"}:
+            return [check_value(key, v, where) for v in range_values(raw["range"], f"{where}.range")]
+        raise UserError(f"{_loc(where)}'{key}' takes a value, a list of values or {{range: {{start, end, step}}}}; "
+                        f"got a mapping with {', '.join(map(str, raw))}")
+    if not isinstance(raw, list):
+        return [check_value(key, raw, where)]
+    if is_list_setting:  # a list of names is one value; a list of lists is several
+        if all(isinstance(v, list) for v in raw):
+            return [check_value(key, v, where) for v in raw]
+        if not any(isinstance(v, (list, dict)) for v in raw):
+            return [check_value(key, raw, where)] if raw else []
+        raise UserError(f"{_loc(where)}'{key}' takes a list of names (one value) or a list of such lists")
+    out = []
+    for v in raw:
+        if isinstance(v, dict) and set(v) == {"range"}:
+            out.extend(check_value(key, x, where) for x in range_values(v["range"], f"{where}.range"))
+        elif isinstance(v, (list, dict)):
+            raise UserError(f"{_loc(where)}'{key}': a list of values cannot hold {type(v).__name__}s ({v!r})")
+        else:
+            out.append(check_value(key, v, where))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- expansion
+def _product(runs: list[dict], axes: list[tuple[str, list]]) -> list[dict]:
+    """Each run times every combination of the axes (first axis slowest); later keys win."""
+    for key, values in axes:
+        runs = [{**r, key: v} for r in runs for v in values]
+    return runs
+
+
+class _Expander:
+    def __init__(self, named: dict):
+        self.named = named
+        self.stack: list[str] = []
+        self.used: set[str] = set()
+        self.empty: list[str] = []  # where an empty list of values made runs vanish
+
+    def level(self, body, runs: list[dict], where: str) -> list[dict]:
+        if not isinstance(body, dict):
+            raise UserError(f"{_loc(where)}a group must be a mapping of settings, got {type(body).__name__}")
+        axes = []
+        for key, raw in body.items():
+            if key in LEVEL_KEYS:
+                continue
+            if key in TOP_KEYS:
+                raise UserError(f"{_loc(where)}'{key}' belongs at the top of the sweep file, not inside a group")
+            values = values_of(key, raw, f"{where}.{key}" if where else key)
+            if not values:
+                self.empty.append(f"{where}.{key}" if where else key)
+            axes.append((key, values))
+        runs = _product(runs, axes)
+        prefix = f"{where}." if where else ""
+        for name in self._names(body.get("use"), f"{prefix}use"):
+            runs = self.group(name, runs, f"{prefix}use")
+        alternates = body.get("alternates")
+        if alternates is not None:
+            if not isinstance(alternates, list) or not alternates:
+                raise UserError(f"{prefix}alternates: give a list of named groups (or a list of such lists)")
+            choice_sets = alternates if all(isinstance(a, list) for a in alternates) else [alternates]
+            for i, names in enumerate(choice_sets):
+                w = f"{prefix}alternates" + (f"[{i}]" if len(choice_sets) > 1 else "")
+                names = self._names(names, w)
+                if not names:
+                    raise UserError(f"{w}: an empty list of alternates gives no runs")
+                runs = [r for name in names for r in self.group(name, runs, w)]
+        groups = body.get("parameter_groups")
+        if groups is not None:
+            if not isinstance(groups, list):
+                raise UserError(f"{prefix}parameter_groups must be a list of groups, got {type(groups).__name__}")
+            if not groups:
+                self.empty.append(f"{prefix}parameter_groups")
+            runs = [r for i, g in enumerate(groups) for r in self.level(g, runs, f"{prefix}parameter_groups[{i}]")]
+        conditionals = body.get("conditionals")
+        if conditionals is not None:
+            if not isinstance(conditionals, list):
+                conditionals = [conditionals]
+            for i, cond in enumerate(conditionals):
+                runs = self.conditional(cond, runs, f"{prefix}conditionals[{i}]")
+        return runs
+
+    def _names(self, names, where: str) -> list[str]:
+        if names is None:
+            return []
+        names = names if isinstance(names, list) else [names]
+        for n in names:
+            if not isinstance(n, str):
+                raise UserError(f"{where}: named groups are referenced by name, got {n!r}")
+        return names
+
+    def group(self, name: str, runs: list[dict], where: str) -> list[dict]:
+        if name not in self.named:
+            guess = closest(name, self.named)
+            valid = ", ".join(self.named) or "none; define them under named_groups at the top"
+            raise UserError(f"{where}: unknown named group '{name}'" + (f"; did you mean '{guess}'?" if guess else ";")
+                            + f" defined: {valid}")
+        if name in self.stack:
+            raise UserError(f"{where}: named group '{name}' uses itself ({' -> '.join([*self.stack, name])})")
+        self.used.add(name)
+        self.stack.append(name)
+        try:
+            return self.level(self.named[name], runs, f"named_groups.{name}")
+        finally:
+            self.stack.pop()
+
+    def conditional(self, cond, runs: list[dict], where: str) -> list[dict]:
+        if not isinstance(cond, dict) or set(cond) != {"when", "set"}:
+            got = ", ".join(map(str, cond)) if isinstance(cond, dict) else type(cond).__name__
+            raise UserError(f"{where}: a conditional is {{when: {{key: value, ...}}, set: {{...}}}}, got {got}")
+        when = cond["when"]
+        if not isinstance(when, dict) or not when:
+            raise UserError(f"{where}.when: give one or more 'key: value' pairs to match")
+        tests = {}
+        for key, raw in when.items():
+            tests[key] = values_of(key, raw, f"{where}.when.{key}")
+            if not any(key in r for r in runs):
+                raise UserError(f"{where}.when: '{key}' is not set by any run it applies to; a condition can only "
+                                "test settings the sweep sets (add it to the sweep, or fix the key)")
+        self.level(cond["set"], [{}], f"{where}.set")  # checked even when no run matches
+        out = []
+        for r in runs:
+            if all(key in r and r[key] in vals for key, vals in tests.items()):
+                out.extend(self.level(cond["set"], [r], f"{where}.set"))
+            else:
+                out.append(r)
+        return out
+
+
+def expand(raw, overrides: dict | None = None) -> tuple[list[dict], dict, list[str]]:
+    """(run settings in order, hidden settings (common_group and overrides), warnings); no names yet."""
+    if not isinstance(raw, dict):
+        raise UserError(f"a sweep file holds a mapping of settings and groups, got {type(raw).__name__}")
+    named = raw.get("named_groups") or {}
+    if not isinstance(named, dict):
+        raise UserError("named_groups must map each group name to a mapping of settings")
+    common_raw = raw.get("common_group") or {}
+    if not isinstance(common_raw, dict):
+        raise UserError("common_group must be a mapping of fixed settings")
+    common = {}
+    for key, value in common_raw.items():
+        values = values_of(key, value, f"common_group.{key}")
+        if len(values) != 1:
+            raise UserError(f"common_group.{key}: common_group holds one fixed value per setting, got "
+                            f"{len(values)}; move '{key}' out of common_group to vary it")
+        common[key] = values[0]
+    ex = _Expander(named)
+    body = {k: v for k, v in raw.items() if k not in TOP_KEYS}
+    runs = ex.level(body, [{}], "")
+    clash = [k for k in common if any(k in r for r in runs)]
+    if clash:
+        raise UserError(f"'{clash[0]}' is in common_group and also set elsewhere in the sweep; keep it in one place")
+    if not runs:
+        hint = f" ({', '.join(ex.empty)} {'has' if len(ex.empty) == 1 else 'have'} no values)" if ex.empty else ""
+        raise UserError(f"the sweep expands to zero runs{hint}")
+    checked_overrides = {}
+    for key, value in (overrides or {}).items():
+        check_key(key, f"--set {key}")
+        checked_overrides[key] = check_value(key, value, f"--set {key}")
+    runs = [{**common, **r, **checked_overrides} for r in runs]
+    warnings = [f"named group '{n}' is defined but never used" for n in named if n not in ex.used]
+    return runs, {**common, **checked_overrides}, warnings
+
+
+# -------------------------------------------------------------------------------------------- names
+def _canon(value) -> str:
+    return "<missing>" if value is _MISSING else json.dumps(value, sort_keys=True)
+
+
+def abbreviate(key: str, level: int = 0) -> str:
+    """softmax_variant_attn -> sva (level 0), softmaxva (1), softmax_variant_attn (2); one-word keys stay whole."""
+    parts = [p for p in key.split("_") if p]
+    if len(parts) < 2 or level >= 2:
+        return key
+    return "".join(p[0] for p in parts) if level == 0 else parts[0] + "".join(p[0] for p in parts[1:])
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Unique abbreviations: keys whose short forms collide (with each other or a full key) get longer ones."""
+    level = {k: 0 for k in keys}
+    while True:
+        short = {k: abbreviate(k, level[k]) for k in keys}
+        clash = {k for k in keys if short[k] != k
+                 and (sum(s == short[k] for s in short.values()) > 1 or short[k] in keys)}
+        if not clash:
+            return short
+        for k in clash:
+            level[k] += 1
+
+
+def value_label(key: str, value) -> str:
+    """A short, filesystem-safe rendering of one value."""
+    if value is None:
+        text = "none"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        text = f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    elif isinstance(value, list):
+        text = "+".join(value_label(key, v) for v in value)
+    elif key in ("config", "dataset"):
+        text = Path(str(value)).stem or str(value)
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", text)
+
+
+def varied_keys(runs: list[dict], hidden=()) -> list[str]:
+    keys = list(dict.fromkeys(k for r in runs for k in r))
+    return [k for k in keys if k not in hidden and len({_canon(r.get(k, _MISSING)) for r in runs}) > 1]
+
+
+def run_names(runs: list[dict], hidden=()) -> list[str]:
+    """`sva-consmax_nkh-2`: the settings that differ between runs, abbreviated, in the order they appear;
+    deterministic; names longer than 80 characters are cut and end in a hash of the whole name."""
+    varied = varied_keys(runs, hidden)
+    short = short_keys(varied)
+    names = []
+    for r in runs:
+        name = "_".join(f"{short[k]}-{value_label(k, r[k])}" for k in varied if k in r) or "run"
+        if len(name) > MAX_NAME:
+            name = name[:MAX_NAME - 9].rstrip("_-.") + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+        names.append(name)
+    return names
+
+
+# ---------------------------------------------------------------------------------------- train.py
+def run_argv(settings: dict) -> list[str]:
+    """train.py flags for a run's settings (None: not passed, so train.py's own default applies)."""
+    argv = []
+    for key in EXTRA_ARGS:
+        if settings.get(key) is not None:
+            argv += [f"--{key}", str(settings[key])]
+    for key, value in settings.items():
+        if key in EXTRA_ARGS or value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, float):
+            argv += [f"--{key}", repr(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def check_run(settings: dict) -> None:
+    """Check a run's combination of settings the way train.py does before it trains (shapes that do not
+    divide, bad ranges, ...); the data set is not opened."""
+    from gpt_conf import GPTConfig
+    s = train_args.parse_args(run_argv(settings))
+    GPTConfig(**s.model)
+    train_args.TrainConfig(**s.train)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def read_sweep_file(path: str | Path):
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"sweep file {path} not found (sweeps live in explorations/)")
+    try:
+        text = p.read_text()
+        return json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"sweep file {path} cannot be parsed ({first})") from None
+
+
+def build_sweep(raw, name: str, overrides: dict | None = None) -> Sweep:
+    """Expand and check a parsed sweep file: every key, value and run, names unique."""
+    runs, hidden, warnings = expand(raw, overrides)
+    names = run_names(runs, hidden)
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            j = seen[n]
+            if _canon(runs[i]) == _canon(runs[j]):
+                raise UserError(f"the sweep holds the same run twice (runs {j + 1} and {i + 1}, '{n}': "
+                                f"{runs[i]}); remove one of the groups that produce it")
+            raise UserError(f"runs {j + 1} and {i + 1} get the same name '{n}'; make the values that tell "
+                            "them apart differ after being made filesystem-safe")
+        seen[n] = i
+    for n, r in zip(names, runs):
+        try:
+            check_run(r)
+        except UserError as e:
+            raise UserError(f"run '{n}': {e}") from None
+    varied = varied_keys(runs, hidden)
+    fixed = {k: v for k, v in runs[0].items() if k not in varied}
+    return Sweep(name=name, runs=[Run(n, r) for n, r in zip(names, runs)], varied=varied, fixed=fixed,
+                 warnings=warnings)
+
+
+def load_sweep(path: str | Path, name: str | None = None, overrides: dict | None = None) -> Sweep:
+    """Read, expand and check a sweep file; its name defaults to the file's stem."""
+    raw = read_sweep_file(path)
+    try:
+        return build_sweep(raw, name or Path(path).stem, overrides)
+    except UserError as e:
+        raise UserError(f"sweep file {path}: {e}") from None

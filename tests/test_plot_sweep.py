@@ -1,0 +1,73 @@
+"""analysis/plot_sweep.py: the Pareto front on hand-made points, the PNG, errors for missing keys."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from conftest import ROOT
+from errors import UserError
+from optimization_and_search.run_experiments import append_log
+
+spec = importlib.util.spec_from_file_location("plot_sweep", ROOT / "analysis" / "plot_sweep.py")
+plot_sweep = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(plot_sweep)
+
+
+def test_pareto_front_on_hand_made_points():
+    front = plot_sweep.pareto_front
+    assert front([]) == []
+    assert front([(1.0, 5.0)]) == [0]
+    #          0           1           2           3           4           5
+    points = [(3.0, 2.0), (1.0, 4.0), (2.0, 3.0), (2.0, 3.5), (4.0, 2.0), (5.0, 1.0)]
+    # 3 is beaten by 2 (same cost, lower loss); 4 by 0 (same loss, cheaper)
+    assert front(points) == [1, 2, 0, 5]
+    assert front([(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]) == [0]          # one point dominates all
+    assert front([(1.0, 3.0), (2.0, 2.0), (3.0, 1.0)]) == [0, 1, 2]    # a clean trade-off
+    assert front([(1.0, 2.0), (1.0, 2.0), (0.5, 3.0)]) == [2, 0, 1]    # exact duplicates are both on it
+
+
+def fake_log(path):
+    runs = [("sva-softmax_nl-1", "softmax", 1, 1000, 2.0), ("sva-softmax_nl-2", "softmax", 2, 2000, 1.6),
+            ("sva-consmax_nl-1", "consmax", 1, 1000, 1.9), ("sva-consmax_nl-2", "consmax", 2, 2000, 1.7)]
+    for name, sm, nl, params, loss in runs:
+        append_log(path, {"name": name, "status": "completed", "exit_code": 0,
+                          "settings": {"max_iters": 6, "softmax_variant_attn": sm, "n_layer": nl},
+                          "config": {"model": {"n_layer": nl, "n_embd": 32}, "train": {"max_iters": 6}},
+                          "summary": {"best_val_loss": loss, "num_params": params, "macs_per_token": 3 * params,
+                                      "tokens_per_s": None}})
+    append_log(path, {"name": "broken", "status": "failed", "exit_code": 2, "settings": {"n_layer": 9},
+                      "summary": None, "log_tail": "error"})
+
+
+def test_plot_writes_png_with_front_and_bars(tmp_path):
+    log = tmp_path / "sweep.yaml"
+    fake_log(log)
+    result = plot_sweep.main([str(log)])
+    assert result["out"] == tmp_path / "sweep.png"
+    assert result["out"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["front"] == ["sva-consmax_nl-1", "sva-softmax_nl-2"]
+    assert result["varied"] == ["softmax_variant_attn", "n_layer"]  # failed runs are left out
+    assert plot_sweep.bar_groups([d for d in plot_sweep.load_log(log) if d["status"] == "completed"],
+                                 "softmax_variant_attn", "best_val_loss") == [
+        ("softmax", pytest.approx(1.8), 2), ("consmax", pytest.approx(1.8), 2)]
+    other = plot_sweep.main([str(log), "--x", "macs_per_token", "--y", "best_val_loss", "--logx",
+                             "--out", str(tmp_path / "sub" / "macs.png")])
+    assert (tmp_path / "sub" / "macs.png").stat().st_size > 0 and other["front"] == result["front"]
+    by_config = plot_sweep.main([str(log), "--x", "n_embd", "--out", str(tmp_path / "e.png")])  # a config key
+    assert by_config["front"] == ["sva-softmax_nl-2"]
+
+
+def test_plot_errors(tmp_path):
+    log = tmp_path / "sweep.yaml"
+    fake_log(log)
+    with pytest.raises(UserError, match="--x 'macs_per_tok' is not a numeric key.*did you mean 'macs_per_token'"):
+        plot_sweep.main([str(log), "--x", "macs_per_tok"])
+    with pytest.raises(UserError, match="--y 'tokens_per_s' is not a numeric key"):  # never a number here
+        plot_sweep.main([str(log), "--y", "tokens_per_s"])
+    with pytest.raises(UserError, match="not found"):
+        plot_sweep.main([str(tmp_path / "none.yaml")])
+    only_failed = tmp_path / "failed.yaml"
+    append_log(only_failed, {"name": "x", "status": "failed", "exit_code": 1})
+    with pytest.raises(UserError, match="no completed run"):
+        plot_sweep.main([str(only_failed)])

@@ -383,7 +383,13 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
     return model_config, tc, meta, ckpt
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
+    """Train; returns the summary (None for --list_variants).
+
+    on_eval(iter_num, {"train": loss, "val": loss}) -> bool, when given, is called on rank 0 after each
+    evaluation (once its checkpoint and summary.json are written); returning True stops the run with
+    stop_reason "pruned" (a search's pruner). Under DDP every rank passes it; only rank 0 calls it.
+    """
     settings = train_args.parse_args(argv)
     if settings.list_variants:
         print_variants()
@@ -391,13 +397,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     model_config, tc, meta, ckpt = build_configs(settings)
     dd = Distributed(tc.device)
     try:
-        return _train(model_config, tc, meta, ckpt, dd, Path(tc.out_dir))
+        return _train(model_config, tc, meta, ckpt, dd, Path(tc.out_dir), on_eval)
     finally:
         dd.close()
 
 
 def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | None, dd: Distributed,
-           out_dir: Path) -> dict:
+           out_dir: Path, on_eval=None) -> dict:
     trainer = Trainer(model_config, tc, meta, dd)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
@@ -479,6 +485,11 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                 checkpoint(improved)
                 if dd.master:
                     atomic_write_json(out_dir / "summary.json", make_summary("running"))
+                # the caller's verdict (rank 0), shared so that every rank stops at the same step
+                if on_eval is not None and dd.any(dd.master and bool(on_eval(it, dict(losses)))) \
+                        and stop_reason is None:
+                    stop_reason = "pruned"
+                    continue
                 if tc.patience is not None and trainer.evals_since_best >= tc.patience and stop_reason is None:
                     stop_reason = "patience"
                     continue  # checkpoint and summary are written; the loop ends below

@@ -252,6 +252,24 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     return Settings(model=model, train=train, list_variants=list_variants)
 
 
+def settings_to_argv(settings: dict) -> list[str]:
+    """Flat settings -> train.py flags, the inverse of parsing (None: left out, the default applies).
+    Used by the sweep runner and the searches to launch `python train.py ...`."""
+    argv = []
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, float):
+            argv += [f"--{key}", repr(value)]  # repr: the exact float back
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
 def default_out_dir(dataset: str) -> str:
     """out/<data set name>: where a run goes when --out_dir is not given."""
     return str(Path("out") / Path(dataset).name)

@@ -334,20 +334,8 @@ class RunFailed(RuntimeError):
 
 
 def settings_to_argv(settings: dict) -> list[str]:
-    """Flat settings -> train.py flags (None values are left out: the flag's default applies)."""
-    argv = []
-    for key, value in settings.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            argv.append(f"--{key}" if value else f"--no-{key}")
-        elif isinstance(value, list):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, float):
-            argv += [f"--{key}", repr(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+    """Flat settings -> train.py flags (train_args.settings_to_argv)."""
+    return train_args.settings_to_argv(settings)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

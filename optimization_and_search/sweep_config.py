@@ -392,23 +392,11 @@ def run_names(runs: list[dict], hidden=()) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- train.py
 def run_argv(settings: dict) -> list[str]:
-    """train.py flags for a run's settings (None: not passed, so train.py's own default applies)."""
-    argv = []
-    for key in EXTRA_ARGS:
-        if settings.get(key) is not None:
-            argv += [f"--{key}", str(settings[key])]
-    for key, value in settings.items():
-        if key in EXTRA_ARGS or value is None:
-            continue
-        if isinstance(value, bool):
-            argv.append(f"--{key}" if value else f"--no-{key}")
-        elif isinstance(value, list):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, float):
-            argv += [f"--{key}", repr(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+    """train.py flags for a run's settings (None: not passed, so train.py's own default applies);
+    the runner's own arguments (EXTRA_ARGS) come first."""
+    extra = {k: settings[k] for k in EXTRA_ARGS if settings.get(k) is not None}
+    argv = [a for k, v in extra.items() for a in (f"--{k}", str(v))]
+    return argv + train_args.settings_to_argv({k: v for k, v in settings.items() if k not in EXTRA_ARGS})
 
 
 def check_run(settings: dict) -> None:

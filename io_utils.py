@@ -61,6 +61,21 @@ def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
     return ckpt
 
 
+def read_data_file(path: Path | str, what: str = "file", hint: str = ""):
+    """Parse a YAML (or, by suffix, JSON) file with yaml.safe_load / json.loads; a missing or
+    unparsable file is a one-line UserError: '<what> <path> not found<hint>' / 'cannot be parsed'."""
+    import yaml  # here: runs and data preparation use this module without YAML
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} not found{hint}")
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what} {path} cannot be parsed ({first})") from None
+
+
 def read_json(path: Path | str, what: str = "file") -> dict:
     path = Path(path)
     try:

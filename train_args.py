@@ -19,9 +19,9 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
 
 from errors import ArgumentParser, UserError, unknown_name_message
+from io_utils import read_data_file
 from gpt_conf import GPTConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -158,15 +158,7 @@ def coerce(name: str, value):
 
 def load_config_file(path: str) -> dict:
     """Flat mapping of settings from YAML or JSON; an unknown key or a bad value is a UserError."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file {path} not found")
-    try:
-        text = p.read_text()
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"config file {path} cannot be parsed ({first})") from None
+    data = read_data_file(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

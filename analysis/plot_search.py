@@ -16,19 +16,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml
 
 from errors import ArgumentParser, UserError, run_cli
+from io_utils import read_data_file
 
 
 def load_log(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"search log {path} not found")
-    try:
-        log = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"search log {path} cannot be parsed ({type(e).__name__})") from None
+    log = read_data_file(path, "search log")
     if not isinstance(log, dict) or not isinstance(log.get("steps"), list):
         raise UserError(f"{path} is not a hyperparam_search log (no 'steps'); "
                         "exploration logs are plotted by analysis/plot_sweep.py")

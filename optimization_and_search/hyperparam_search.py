@@ -61,7 +61,7 @@ import yaml
 import train_args
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from gpt_conf import GPTConfig
-from io_utils import atomic_write_bytes
+from io_utils import atomic_write_bytes, read_data_file
 from train_args import TrainConfig
 from variations.cost import COUNTS
 
@@ -732,12 +732,7 @@ def _number(text: str, what: str):
 
 def load_spec_file(path: str) -> tuple[dict, Path]:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"search spec {path} not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"search spec {path} cannot be parsed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    data = read_data_file(p, "search spec")
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -55,7 +55,7 @@ import yaml  # noqa: E402
 
 import train_args  # noqa: E402
 from errors import ArgumentParser, UserError, closest, run_cli, unknown_name_message  # noqa: E402
-from io_utils import atomic_write_bytes  # noqa: E402
+from io_utils import atomic_write_bytes, read_data_file  # noqa: E402
 
 SPACE_KEYS = ("fixed", "params")
 PARAM_KINDS = ("choices", "int", "float")
@@ -290,13 +290,7 @@ def parse_space(data, source: str = "search space", extra: dict | None = None) -
 
 def load_space(path: str, extra: dict | None = None) -> SearchSpace:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"search-space file {path} not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"search-space file {path} cannot be parsed ({first})") from None
+    data = read_data_file(p, "search-space file")
     return parse_space(data, str(path), extra)
 
 

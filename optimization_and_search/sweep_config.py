@@ -38,10 +38,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 import train_args
 from errors import UserError, closest
+from io_utils import read_data_file
 
 LEVEL_KEYS = ("use", "alternates", "parameter_groups", "conditionals")
 TOP_KEYS = ("common_group", "named_groups")
@@ -410,15 +410,7 @@ def check_run(settings: dict) -> None:
 
 # ------------------------------------------------------------------------------------------ loading
 def read_sweep_file(path: str | Path):
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"sweep file {path} not found (sweeps live in explorations/)")
-    try:
-        text = p.read_text()
-        return json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"sweep file {path} cannot be parsed ({first})") from None
+    return read_data_file(path, "sweep file", " (sweeps live in explorations/)")
 
 
 def build_sweep(raw, name: str, overrides: dict | None = None) -> Sweep:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import variations  # noqa: F401  (fills the registry: variant names and knobs)
 from errors import UserError, unknown_name_message
+from variations.kernels import KERNEL_CHOICES
 from variations.registry import all_knobs, get, normalize
 
 NORM_PLACEMENTS = ("pre", "post", "peri")  # Xiong et al. 2020 (pre/post); Kim et al. 2025 (peri-LN)
@@ -63,6 +64,9 @@ class _CoreConfig:
     mlp_expansion_factor: float = _f(4.0, "feed-forward hidden width as a multiple of n_embd")
     mlp_hidden_size: int = _f(None, "explicit feed-forward hidden width (overrides mlp_expansion_factor)")
     init_std: float = _f(0.02, "std of the normal weight init (residual projections: / sqrt(2 n_layer))")
+    softmax_kernel: str = _f("auto", "implementation of non-softmax attention normalisers: triton (fused "
+                             "kernels), torch (reference), auto (triton on CUDA when importable)",
+                             choices=KERNEL_CHOICES)
 
     # --- per-layer lists, cycled over the layers; None: every layer uses the field without _layerlist ---
     attention_variant_layerlist: list = _f(None, "attention per layer, cycled", registry="attention", layerlist_of="attention_variant")

@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gpt_conf import GPTConfig
 from variations.attention import KVCache
@@ -71,6 +72,8 @@ class GPT(nn.Module):
         self.position = create("position", config.position_variant, config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf, 2017)
+        # a training setting, not architecture (so not in GPTConfig): train.py --gradient_checkpointing
+        self.gradient_checkpointing = False
 
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -137,8 +140,14 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
         x = self.position.embed(self.transformer.wte(idx), start)  # (B, T, C)
         x = self.transformer.drop(x)
+        # gradient checkpointing: keep only each block's input and recompute its activations in the
+        # backward pass (non-reentrant: the recomputation replays the same dropout RNG state)
+        recompute = self.gradient_checkpointing and self.training and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self.transformer.h):
-            x = block(x, self.position, caches[i] if caches else None)
+            if recompute:
+                x = checkpoint(block, x, self.position, use_reentrant=False)
+            else:
+                x = block(x, self.position, caches[i] if caches else None)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, V)
@@ -170,7 +179,7 @@ class GPT(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
                  generator: torch.Generator | None = None, vocab_limit: int | None = None,
-                 on_token=None) -> torch.Tensor:
+                 on_token=None, on_step=None) -> torch.Tensor:
         """Continue idx (B, T) by max_new_tokens tokens. temperature 0 means greedy.
 
         With the KV cache each new token costs one position's forward pass. Once the context fills
@@ -178,6 +187,8 @@ class GPT(nn.Module):
         cropped window without a cache, exactly as uncached generation does (same tokens either way).
         `vocab_limit` bars ids from the padding of the vocabulary (pad_vocab) that no tokenizer decodes.
         `on_token(next_ids)` is called with each new (B, 1) batch of ids, e.g. to stream text.
+        `on_step(logits, next_ids)` gets each step's raw (B, V) logits (vocab_limit applied, before
+        temperature) and the chosen (B, 1) ids; returning True stops generation early (stop strings).
         """
         block = self.config.block_size
         normalizer = create("softmax", self.config.softmax_variant_output, self.config).to(idx.device)
@@ -196,6 +207,8 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
             if on_token is not None:
                 on_token(idx_next)
+            if on_step is not None and on_step(last, idx_next):
+                break
             if caches is not None and step + 1 < max_new_tokens:
                 if caches[0].length < block:
                     logits, _ = self(idx_next, caches=caches)
@@ -212,6 +225,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     turns logits into weights, renormalised to sum to one; default: softmax. Returns (B, 1) ids."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
+    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p, normalizer), 1, generator=generator)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, normalizer: nn.Module | None = None) -> torch.Tensor:
+    """The (B, V) distribution sample_next draws from at temperature > 0: logits / temperature, top-k and
+    top-p filtering, then `normalizer` (default softmax); filtered tokens get probability 0."""
     logits = logits.float() / temperature
     keep = torch.ones_like(logits, dtype=torch.bool)
     if top_k is not None and top_k > 0:
@@ -233,7 +253,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # keep the smallest set reaching top_p
         keep &= ~torch.zeros_like(keep).scatter(-1, order, drop_sorted)
         probs = probabilities(keep)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return probs
 
 
 # Dense peak throughput (FLOP/s) of common accelerators: (bf16/fp16 tensor, tf32 tensor).

@@ -4,12 +4,14 @@
     python train.py --preset cpu                                   # ~5 min on 2 CPU cores
     python train.py --preset cpu --softmax_variant_attn consmax --out_dir out/consmax
     python train.py --out_dir out/consmax --init_from resume       # continue a stopped run
+    python train.py --init_from out/consmax --sft_data chats.jsonl --out_dir out/sft  # fine-tune (data/sft.py)
     torchrun --standalone --nproc_per_node 4 train.py --preset gpt2
     python train.py --list_variants
 
 Features: every component from the registry; warmup + cosine learning rate; gradient accumulation
 and clipping; bf16/fp16 autocast on CUDA; torch.compile; DistributedDataParallel (nccl on CUDA,
-gloo on CPU) with evaluation averaged over ranks; early stopping; limits on steps, seconds and
+gloo on CPU) with evaluation averaged over ranks, or FSDP2 sharding (--fsdp); gradient
+checkpointing; TensorBoard scalars (--tensorboard); early stopping; limits on steps, seconds and
 tokens; atomic checkpoints holding model, optimiser, RNG and data-sampler state, so a resumed run
 (even after SIGKILL) reproduces the uninterrupted one's losses exactly on CPU.
 
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -35,11 +38,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import train_args
 from data.prepare import load_meta
+from data.sft import SFTData
+from data.tokenizer import load_tokenizer
 from errors import UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab
-from io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint
+from io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint, read_json
 from model import GPT, estimate_mfu, peak_flops
 from train_args import TrainConfig
+from variations import kernels
 from variations.cost import cost_table, group_by_component, per_token_summary
 
 DATA_ROOT = Path(__file__).resolve().parent / "data"
@@ -155,6 +161,56 @@ class Distributed:
                 dist.destroy_process_group()
 
 
+# ---------------------------------------------------------------------------------------- FSDP
+def fully_shard_model(model: GPT) -> None:
+    """--fsdp: shard the model in place with FSDP2, one unit per Block (its weights are all-gathered
+    just before it runs and freed after) and the rest (tied embedding/head, final norm) as the root."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        try:  # torch 2.5
+            from torch.distributed._composable.fsdp import fully_shard
+        except ImportError:
+            raise UserError(f"--fsdp needs FSDP2 (torch >= 2.5), this is torch {torch.__version__}; "
+                            "upgrade torch or drop --fsdp") from None
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def full_state_dicts(model: GPT, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(model, optimiser) state of a sharded model gathered in full on rank 0's CPU (the other ranks
+    get empty dicts; collective). The optimiser state is re-keyed from parameter names to indices,
+    torch's own layout, so checkpoints of sharded and unsharded runs are interchangeable."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=options)
+    if not optimizer.state:  # before the first step: get_optimizer_state_dict would take a zero step
+        return model_sd, optimizer.state_dict()  # (Adam's step count 1), so the runs would part ways
+    named = get_optimizer_state_dict(model, optimizer, options=options)  # keyed by parameter name
+    if not named:  # ranks other than 0
+        return model_sd, {}
+    index = {n: i for i, n in enumerate(n for g in named["param_groups"] for n in g["params"])}
+    return model_sd, {"state": {index[n]: st for n, st in named["state"].items()},
+                      "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in named["param_groups"]]}
+
+
+def load_full_state_dicts(model: GPT, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict):
+    """Inverse of full_state_dicts: every rank holds the full state and keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_sd, options=options)
+    if not optim_sd["state"]:  # saved before the first step (see full_state_dicts)
+        return optimizer.load_state_dict(optim_sd)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]  # index -> name
+    named = {"state": {names[i]: st for i, st in optim_sd["state"].items()},
+             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in optim_sd["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, named, options=options)
+
+
 # ---------------------------------------------------------------------------------------- data
 class TokenData:
     """Random (B, T) windows from train.bin / val.bin, reading through a fresh np.memmap per batch
@@ -181,16 +237,30 @@ class TokenData:
 
 
 # ---------------------------------------------------------------------------------------- logging
+def summary_writer_class():
+    """torch's TensorBoard SummaryWriter for --tensorboard; a one-line error without the package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                        "(or pip install 'ppa-gpt[tensorboard]'), or drop --tensorboard") from None
+    return SummaryWriter
+
+
 class Reporter:
     """Progress on the terminal (a rich progress bar on a TTY, plain lines otherwise) and the run's
-    metrics.jsonl. Only rank 0 reports."""
+    metrics.jsonl, and with `tensorboard` each record's numbers as scalars `<type>/<key>` (train/loss,
+    eval/val_loss, ...) in out_dir/tensorboard/. Only rank 0 reports."""
 
-    def __init__(self, out_dir: Path, total: int, start: int, enabled: bool):
+    def __init__(self, out_dir: Path, total: int, start: int, enabled: bool, tensorboard: bool = False):
         self.enabled = enabled
         self.metrics_path = out_dir / "metrics.jsonl"
-        self.progress = None
+        self.progress = self.writer = None
         if not enabled:
             return
+        if tensorboard:  # a resumed run drops the events logged after its checkpoint's step
+            self.writer = summary_writer_class()(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None,
+                                                 flush_secs=30)
         from rich.console import Console
         self.console = Console()
         if not self.console.is_terminal:
@@ -207,6 +277,10 @@ class Reporter:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+        if self.writer is not None:
+            for key, value in rec.items():
+                if key != "iter" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{rec['type']}/{key}", value, rec["iter"])
 
     def line(self, text: str):
         if self.enabled:
@@ -219,6 +293,8 @@ class Reporter:
     def close(self):
         if self.progress is not None:
             self.progress.stop()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def truncate_metrics(path: Path, last_iter: int):
@@ -252,15 +328,25 @@ class Trainer:
         self.accum = tc.gradient_accumulation_steps // dd.world_size
         self.tokens_per_iter = tc.batch_size * model_config.block_size * tc.gradient_accumulation_steps
 
+        if tc.fsdp and not dd.enabled:
+            raise UserError("--fsdp shards the model over the processes that torchrun starts; launch with "
+                            "torchrun --standalone --nproc_per_node N train.py ... --fsdp, or drop --fsdp")
         torch.manual_seed(tc.seed)  # same initial weights on every rank
         self.model = GPT(model_config).to(self.device)
+        self.model.gradient_checkpointing = tc.gradient_checkpointing
+        if tc.fsdp:
+            fully_shard_model(self.model)  # before the optimiser: it must hold the sharded parameters
         self.optimizer = self.model.configure_optimizers(tc.weight_decay, tc.learning_rate,
                                                          (tc.beta1, tc.beta2), self.device.type)
         # fp16 needs loss scaling; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
                          else nullcontext())
-        self.data = TokenData(meta, tc.batch_size, model_config.block_size, self.device)
+        if tc.sft_data:  # conversations; targets -1 outside the completions (data/sft.py)
+            self.data = SFTData(tc.sft_data, load_tokenizer(meta), tc.batch_size, model_config.block_size,
+                                self.device, tc.sft_val_fraction, tc.sft_pack, model_config.vocab_size)
+        else:
+            self.data = TokenData(meta, tc.batch_size, model_config.block_size, self.device)
         self.train_gen = torch.Generator().manual_seed(tc.seed + dd.rank)  # per-rank data order
         torch.manual_seed(tc.seed + dd.rank)  # dropout differs across ranks
 
@@ -269,7 +355,7 @@ class Trainer:
         self.net = self.model
         if tc.compile:
             self.net = torch.compile(self.net)
-        if dd.enabled:
+        if dd.enabled and not tc.fsdp:
             self.net = DDP(self.net, device_ids=[dd.local_rank] if self.device.type == "cuda" else None)
 
     # -- one optimiser step over `accum` micro-batches; returns the step's loss as a tensor
@@ -281,7 +367,7 @@ class Trainer:
         for micro in range(self.accum):
             x, y = self.data.batch("train", self.train_gen)
             sync = micro == self.accum - 1  # DDP: all-reduce gradients only on the last micro-batch
-            with (self.net.no_sync() if self.dd.enabled and not sync else nullcontext()), self.autocast:
+            with (self.net.no_sync() if isinstance(self.net, DDP) and not sync else nullcontext()), self.autocast:
                 _, loss = self.net(x, y)
                 loss = loss / self.accum
             self.scaler.scale(loss).backward()
@@ -317,19 +403,38 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "data": self.dd.gather(self.train_gen.get_state())}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.tc.fsdp:  # the same layout as unsharded runs: sample.py, export and resume read it alike
+            model_sd, optim_sd = full_state_dicts(self.model, self.optimizer)
+        else:
+            model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
         return {
             "model_config": asdict(self.model.config), "train_config": asdict(self.tc),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": model_sd, "optimizer": optim_sd,
             "scaler": self.scaler.state_dict(), "iter_num": self.iter_num,
             "best_val_loss": self.best_val_loss, "best_iter": self.best_iter,
             "evals_since_best": self.evals_since_best, "last_val_loss": self.last_val_loss,
             "wall_time_s": wall_time, "rng": rng,
         }
 
+    def load_weights(self, ckpt: dict):
+        """--init_from RUN: the model's weights only; optimiser, step count and RNG start fresh."""
+        try:
+            if self.tc.fsdp:  # every rank holds the full weights and keeps its shard
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+                set_model_state_dict(self.model, ckpt["model"], options=StateDictOptions(full_state_dict=True))
+            else:
+                self.model.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError) as e:
+            raise UserError(f"--init_from checkpoint does not match the model it describes "
+                            f"({str(e).splitlines()[0]}); it is corrupt or from another version") from None
+
     def load_state_dict(self, ckpt: dict):
         try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.tc.fsdp:
+                load_full_state_dicts(self.model, self.optimizer, ckpt["model"], ckpt["optimizer"])
+            else:
+                self.model.load_state_dict(ckpt["model"])
+                self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"checkpoint does not match the model it describes ({str(e).splitlines()[0]}); "
                             "it is corrupt or from another version") from None
@@ -350,10 +455,57 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------- main
+def run_meta(run_dir: Path) -> dict:
+    """The tokenizer description (meta.json) train.py wrote into a run directory."""
+    return read_json(Path(run_dir) / "meta.json", "tokenizer description")
+
+
+def init_checkpoint_path(init_from: str) -> Path:
+    """--init_from RUN: a checkpoint file as given, or a run directory's ckpt_best.pt (else ckpt_last.pt)."""
+    path = Path(init_from)
+    if path.is_dir():
+        return path / "ckpt_best.pt" if (path / "ckpt_best.pt").exists() else path / "ckpt_last.pt"
+    if path.is_file():
+        return path
+    raise UserError(f"--init_from {init_from}: not {', '.join(train_args.INIT_FROM)}, nor an existing run directory "
+                    "or checkpoint file; give one of those")
+
+
+# model settings that may differ from an --init_from checkpoint: they change no weight
+INIT_FROM_MAY_CHANGE = ("dropout",)
+
+
+def load_init(tc: TrainConfig, model_flags: dict) -> tuple[dict, GPTConfig, dict]:
+    """--init_from RUN: (RUN's checkpoint, its model config, the data meta). The tokenizer is RUN's
+    (its meta.json); SFT needs no --dataset, continued pre-training checks that --dataset shares it."""
+    path = init_checkpoint_path(tc.init_from)
+    if path.parent.resolve() == Path(tc.out_dir).resolve():
+        raise UserError(f"--out_dir {tc.out_dir} is the run --init_from starts from; choose another --out_dir")
+    ckpt = load_checkpoint(path)
+    saved = dict(ckpt["model_config"])
+    for key, value in model_flags.items():
+        if key in INIT_FROM_MAY_CHANGE:
+            saved[key] = value
+        elif saved.get(key) != value:
+            raise UserError(f"--{key} {value} differs from the {path} checkpoint's {saved.get(key)}; the model comes "
+                            "from --init_from (drop the flag)")
+    model_config = GPTConfig.from_dict(saved)
+    meta = run_meta(path.parent)
+    if not tc.sft_data:  # continued pre-training on --dataset: same tokenizer, or the ids mean other things
+        data_meta = load_meta(resolve_data_dir(tc.dataset))
+        if load_tokenizer(data_meta).meta() != load_tokenizer(meta).meta():
+            raise UserError(f"--dataset {tc.dataset} has a {data_meta['tokenizer']} tokenizer unlike that of "
+                            f"--init_from {tc.init_from} ({meta['tokenizer']}, or another vocabulary); prepare the data "
+                            "with the run's tokenizer")
+        meta = data_meta
+    return ckpt, model_config, meta
+
+
 def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig, dict, dict | None]:
     """(model config, training config, data meta, checkpoint or None), all checked before anything
     is written. A new run takes the user's settings; a resume takes the checkpoint's, with the
-    user's training settings on top (the model cannot change)."""
+    user's training settings on top (the model cannot change); --init_from RUN takes RUN's model
+    config and tokenizer with the user's training settings."""
     user = settings.train
     if user.get("init_from") == "resume":
         dataset = user.get("dataset", train_args.default_of("dataset"))
@@ -368,7 +520,13 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
         if "learning_rate" in user and "min_lr" not in user:
             saved["min_lr"] = None  # re-derive from the new learning rate
         tc = TrainConfig(**{**saved, **user, "out_dir": str(out_dir)})
-        meta = load_meta(resolve_data_dir(tc.dataset))
+        meta = run_meta(out_dir) if tc.sft_data else load_meta(resolve_data_dir(tc.dataset))
+    elif user.get("init_from", "scratch") != "scratch":  # --init_from RUN
+        tc = TrainConfig(**user)
+        ckpt, model_config, meta = load_init(tc, settings.model)
+        if (Path(tc.out_dir) / "ckpt_last.pt").exists() and not tc.overwrite:
+            raise UserError(f"{tc.out_dir} already holds a run; continue it with --init_from resume, start over "
+                            "with --overwrite, or choose another --out_dir")
     else:
         ckpt = None
         tc = TrainConfig(**user)
@@ -380,6 +538,8 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
     if model_config.vocab_size < meta["vocab_size"]:
         raise UserError(f"--vocab_size {model_config.vocab_size} is smaller than the data set's vocabulary "
                         f"({meta['vocab_size']}); drop the flag or raise it")
+    if tc.tensorboard:
+        summary_writer_class()  # the package is there
     return model_config, tc, meta, ckpt
 
 
@@ -406,7 +566,10 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
            out_dir: Path, on_eval=None) -> dict:
     trainer = Trainer(model_config, tc, meta, dd)
     if ckpt is not None:
-        trainer.load_state_dict(ckpt)
+        if tc.init_from == "resume":
+            trainer.load_state_dict(ckpt)
+        else:  # --init_from RUN
+            trainer.load_weights(ckpt)
         del ckpt
     model = trainer.model
     start_iter = trainer.iter_num
@@ -414,9 +577,10 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
 
     if dd.master:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if tc.init_from == "scratch":  # --overwrite: clear the old run's files
+        if tc.init_from != "resume":  # a new run (--overwrite): clear the old run's files
             for name in ("metrics.jsonl", "summary.json", "ckpt_best.pt", "ckpt_last.pt"):
                 (out_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
         else:
             truncate_metrics(out_dir / "metrics.jsonl", start_iter)
         atomic_write_json(out_dir / "config.json", train_args.resolved_dict(model_config, tc))
@@ -425,13 +589,19 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     if dd.master:
         atomic_write_json(out_dir / "cost.json", {"context": model_config.block_size,
                                                   "rows": {k: c.to_dict() for k, c in cost_rows.items()}})
-    report = Reporter(out_dir, tc.max_iters, start_iter, dd.master)
+    report = Reporter(out_dir, tc.max_iters, start_iter, dd.master, tc.tensorboard)
     if tc.print_cost and dd.master:
         report.console.print(cost_table(group_by_component(cost_rows),
                                         f"hardware cost per token, forward, context {model_config.block_size}"))
     report.line(f"{'resuming' if start_iter else 'training'} {model.num_params() / 1e6:.2f}M parameters on "
                 f"{trainer.device} ({str(trainer.dtype).removeprefix('torch.')}, {dd.world_size} process(es)), "
                 f"{trainer.tokens_per_iter:,} tokens/step, from step {start_iter} -> {out_dir}")
+    kernel_line = kernels.describe(model, trainer.device)  # --softmax_kernel: the choice and why, once per run
+    if kernel_line:
+        report.line(kernel_line)
+    if tc.sft_data:
+        report.line(trainer.data.summary)
+    sft = {"sft": True} if tc.sft_data else {}  # marks records whose losses are on completion tokens only
 
     t_start = time.time()
     train_time, timed_iters = 0.0, 0  # optimiser steps only (no eval), excluding this process's first step
@@ -455,7 +625,9 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             "mfu": estimate_mfu(model, tokens_per_s, peak) if tokens_per_s else None,
             "peak_memory_bytes": peak_memory_bytes(trainer.device), "wall_time_s": wall(),
             "device": str(trainer.device), "dtype": str(trainer.dtype).removeprefix("torch."),
-            "world_size": dd.world_size, **per_token_summary(cost_rows),
+            "world_size": dd.world_size, "sft": bool(tc.sft_data),
+            "softmax_kernel": kernels.select(model_config.softmax_kernel, trainer.device.type)[0],
+            **per_token_summary(cost_rows),
         }
 
     def checkpoint(best: bool):
@@ -479,8 +651,10 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                     trainer.evals_since_best += 1
                 trainer.last_val_loss = losses["val"]
                 report.record({"iter": it, "type": "eval", "train_loss": losses["train"], "val_loss": losses["val"],
-                               "lr": get_lr(it, tc), "tokens": it * trainer.tokens_per_iter, "wall_time_s": wall()})
-                report.line(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                               "lr": get_lr(it, tc), "tokens": it * trainer.tokens_per_iter, "wall_time_s": wall(),
+                               **sft})
+                report.line(f"step {it}: {'completion-token ' if sft else ''}train loss {losses['train']:.4f}, "
+                            f"val loss {losses['val']:.4f}"
                             f"{' (best)' if improved else ''}")
                 checkpoint(improved)
                 if dd.master:
@@ -511,7 +685,8 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                 tps = trainer.tokens_per_iter * timed_iters / train_time if timed_iters else None
                 mfu = estimate_mfu(model, tps, peak) if tps else None
                 report.record({"iter": it, "type": "train", "loss": last_loss, "lr": lr,
-                               "tokens": it * trainer.tokens_per_iter, "iter_time_ms": 1000 * dt})
+                               "tokens": it * trainer.tokens_per_iter, "iter_time_ms": 1000 * dt,
+                               "tokens_per_s": tps, "mfu": mfu, **sft})
                 report.line(f"iter {it}: loss {last_loss:.4f}, lr {lr:.2e}, {1000 * dt:.1f}ms"
                             + (f", mfu {100 * mfu:.1f}%" if mfu else ""))
             report.advance(it, f"loss {last_loss:.4f}" if last_loss is not None else "")

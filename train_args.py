@@ -25,7 +25,7 @@ from io_utils import read_data_file
 from gpt_conf import GPTConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-INIT_FROM = ("scratch", "resume")
+INIT_FROM = ("scratch", "resume")  # or a run directory / checkpoint file to take the weights from
 
 
 def _f(default, help: str, group: str, **meta):
@@ -53,7 +53,14 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)", "training")
     patience: int = _f(None, "early stopping: evaluations without a better val loss before stopping", "training")
     seed: int = _f(1337, "random seed (weights, dropout, batches)", "training")
-    init_from: str = _f("scratch", "start a new run, or resume the run in out_dir from ckpt_last.pt", "training", choices=INIT_FROM)
+    init_from: str = _f("scratch", "scratch: a new model; resume: continue the run in out_dir from ckpt_last.pt; "
+                        "RUN (a run directory or checkpoint file): start from its weights, model config and tokenizer "
+                        "with a fresh optimiser and step count (fine-tuning, continued pre-training)", "training")
+    # --- supervised fine-tuning ---
+    sft_data: str = _f(None, "JSONL file of {prompt, completion} or {messages} lines: fine-tune on the assistant's "
+                       "tokens only (losses are on completion tokens); usually with --init_from RUN", "fine-tuning")
+    sft_val_fraction: float = _f(0.1, "share of the SFT examples held out for validation (fixed split, at least one)", "fine-tuning")
+    sft_pack: bool = _f(True, "pack several whole SFT examples into each block_size row (off: one per row, padded)", "fine-tuning")
     # --- logging and output ---
     out_dir: str = _f(None, "run directory; default out/<dataset>", "logging")
     overwrite: bool = _f(False, "start from scratch in an out_dir that already holds a run, replacing it", "logging")
@@ -61,11 +68,17 @@ class TrainConfig:
     eval_iters: int = _f(20, "batches per split in each evaluation", "logging")
     log_interval: int = _f(10, "log the training loss every this many steps", "logging")
     print_cost: bool = _f(False, "print the hardware cost per component (MACs, exp, div, ... per token) before training", "logging")
+    tensorboard: bool = _f(False, "also write the logged scalars (losses, lr, tokens/s, MFU) to OUT_DIR/tensorboard/ "
+                           "(needs: pip install tensorboard)", "logging")
     # --- system ---
     device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", "system")
     dtype: str = _f("auto", "auto: bfloat16 on CUDA that supports it, float16 on other CUDA, else float32", "system", choices=DTYPES)
     compile: bool = _f(False, "torch.compile the model", "system")
     peak_flops: float = _f(None, "device peak FLOP/s for MFU; default from a table of common GPUs", "system")
+    gradient_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass instead of "
+                                      "storing them: activation memory of one block, ~1/3 more compute", "system")
+    fsdp: bool = _f(False, "under torchrun: shard weights, gradients and optimiser state over the processes "
+                    "(FSDP2 fully_shard per block) instead of replicating them (DDP)", "system")
 
     def __post_init__(self):
         positive = ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval")
@@ -81,10 +94,12 @@ class TrainConfig:
                 raise UserError(f"--{name} must be positive, got {value}")
         if self.learning_rate <= 0:
             raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.sft_val_fraction < 1:
+            raise UserError(f"--sft_val_fraction must be in [0, 1), got {self.sft_val_fraction}")
         if self.min_lr is None:
             self.min_lr = self.learning_rate / 10
         if self.out_dir is None:
-            self.out_dir = default_out_dir(self.dataset)
+            self.out_dir = default_out_dir(str(Path(self.sft_data).with_suffix("")) if self.sft_data else self.dataset)
 
 
 # Named starting points; flags and --config override them.
@@ -197,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="{" + ",".join(sorted(PRESETS)) + "}",
                    help="named starting point (config file and flags override it)")
     p.add_argument("--list_variants", action="store_true", help="print every registered component and exit")
-    groups = {g: p.add_argument_group(g) for g in ("model", "data", "training", "logging", "system")}
+    groups = {g: p.add_argument_group(g) for g in ("model", "data", "training", "fine-tuning", "logging", "system")}
     for name, (owner, default, typ, meta) in _field_specs().items():
         group = groups["model" if owner == "model" else meta["group"]]
         help_text = meta.get("help", "") + (f" (default: {default})" if default is not None else "")

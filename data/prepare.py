@@ -5,6 +5,8 @@ the last --val_fraction of the characters becomes the validation split. Run:
 
     python data/prepare.py --input my_texts/ --out_dir data/mycorpus                     # char-level
     python data/prepare.py --input a.txt b.txt --out_dir data/mycorpus --tokenizer tiktoken  # GPT-2 BPE
+    python data/prepare.py --input my_texts/ --out_dir data/mycorpus --tokenizer bpe \
+        --tokenizer_file tokenizer.json        # your own BPE, from data/train_tokenizer.py
     python train.py --dataset mycorpus
 
 Token ids are stored as a flat array of uint16 (uint32 for vocabularies over 65535 tokens), read
@@ -25,7 +27,7 @@ if __package__ in (None, ""):  # run as `python data/prepare.py`: make the repo 
 
 import numpy as np
 
-from data.tokenizer import TOKENIZERS, TiktokenTokenizer, Tokenizer, build_tokenizer
+from data.tokenizer import TOKENIZERS, TRAIN_HINT, BPETokenizer, TiktokenTokenizer, Tokenizer, build_tokenizer
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from io_utils import atomic_write_bytes
 
@@ -113,14 +115,18 @@ def _check_cut(cut: int, total: int, val_fraction: float) -> None:
 
 
 def prepare(inputs: Iterable[str | Path] | str | Path, out_dir: str | Path, tokenizer: str = "char",
-            encoding: str = "gpt2", val_fraction: float = 0.1, seed: int = 1337, glob: str = "*.txt") -> dict:
-    """Tokenize the input files into out_dir/{train.bin, val.bin, meta.json}; returns the meta dict."""
+            encoding: str = "gpt2", val_fraction: float = 0.1, seed: int = 1337, glob: str = "*.txt",
+            tokenizer_file: str | Path | None = None) -> dict:
+    """Tokenize the input files into out_dir/{train.bin, val.bin, meta.json}; returns the meta dict.
+    `tokenizer_file` is the tokenizers JSON of --tokenizer bpe (meta.json embeds it)."""
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     if tokenizer not in TOKENIZERS:  # checked before reading anything
         raise UserError(unknown_name_message("tokenizer", tokenizer, TOKENIZERS))
     if not 0 < val_fraction < 1:
         raise UserError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if tokenizer_file is not None and tokenizer != BPETokenizer.name:
+        raise UserError(f"--tokenizer_file only applies to --tokenizer {BPETokenizer.name}, not {tokenizer}")
 
     files = find_input_files(inputs, glob)
     docs = [(str(p), read_document(p)) for p in files]
@@ -131,12 +137,12 @@ def prepare(inputs: Iterable[str | Path] | str | Path, out_dir: str | Path, toke
     sources, texts = [src for src, _ in docs], [text for _, text in docs]
 
     # the char vocabulary comes from the whole corpus (train + val), so val has no unknown characters
-    tok = build_tokenizer(tokenizer, DOC_SEPARATOR.join(texts), encoding=encoding)
+    tok = build_tokenizer(tokenizer, DOC_SEPARATOR.join(texts), encoding=encoding, tokenizer_file=tokenizer_file)
     train_ids, val_ids, train_text, val_text = split_encode(texts, tok, val_fraction)
     dtype = token_dtype(tok.vocab_size)
 
     meta = {
-        **tok.meta(),  # "tokenizer" plus what rebuilds it ("chars", "encoding")
+        **tok.meta(),  # "tokenizer" plus what rebuilds it ("chars", "encoding", "tokenizer_json")
         "vocab_size": tok.vocab_size,
         "eot_token": tok.eot_token,
         "dtype": dtype.name,
@@ -250,16 +256,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help="text files, or folders searched recursively for --glob files")
     parser.add_argument("--out_dir", required=True, help="folder to write into, e.g. data/mycorpus")
-    parser.add_argument("--tokenizer", default="char", choices=list(TOKENIZERS))
+    parser.add_argument("--tokenizer", default="char", choices=list(TOKENIZERS),
+                        help="how text becomes token ids (data/tokenizer.py describes each); bpe needs --tokenizer_file")
     parser.add_argument("--encoding", default=None, help="tiktoken encoding (default gpt2, the only one offline)")
+    parser.add_argument("--tokenizer_file", default=None, metavar="JSON",
+                        help="tokenizer.json of --tokenizer bpe, written by data/train_tokenizer.py")
     parser.add_argument("--val_fraction", type=float, default=0.1, help="last fraction of the text used for val")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the document shuffle")
     parser.add_argument("--glob", default="*.txt", help="file pattern inside input folders")
     args = parser.parse_args(argv)
     if args.encoding is not None and args.tokenizer != TiktokenTokenizer.name:
         raise UserError(f"--encoding only applies to --tokenizer {TiktokenTokenizer.name}, not {args.tokenizer}")
+    # without a file, build_tokenizer would train a bpe on this corpus with default settings: on the command
+    # line a tokenizer is trained on purpose (chosen vocab, reusable across data sets) by train_tokenizer.py
+    if args.tokenizer == BPETokenizer.name and args.tokenizer_file is None:
+        raise UserError(f"--tokenizer {BPETokenizer.name} needs --tokenizer_file; {TRAIN_HINT}")
     return prepare(args.input, args.out_dir, tokenizer=args.tokenizer, encoding=args.encoding or "gpt2",
-                   val_fraction=args.val_fraction, seed=args.seed, glob=args.glob)
+                   val_fraction=args.val_fraction, seed=args.seed, glob=args.glob, tokenizer_file=args.tokenizer_file)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 #
 #   PPA_VENV=path   where the environment lives (default: .venv in the repository)
 #   PYTHON=python3  the interpreter that creates it (3.10 or newer)
-#   PPA_EXTRAS=dev,search  pyproject extras to install (e.g. "dev,triton,eval,search")
+#   PPA_EXTRAS=...  pyproject extras to install (default: all of them; "dev" is enough for most tests)
 #
 # A torch that the creating interpreter can already import (say a CUDA build) is kept: the environment
 # then sees the system's site-packages. Without one, torch==2.13.0 is installed first.
@@ -12,7 +12,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${PPA_VENV:-$ROOT/.venv}
 BASE_PY=${PYTHON:-python3}
-EXTRAS=${PPA_EXTRAS:-dev,search}
+EXTRAS=${PPA_EXTRAS:-dev,search,triton,eval,export,tensorboard}
 
 if ! "$BASE_PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
   echo "error: ppa-gpt needs Python 3.10 or newer; set PYTHON=/path/to/python3.x" >&2

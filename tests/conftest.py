@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Triton kernels run in Triton's CPU interpreter when there is no GPU. The variable is read when a
+# kernel is defined, so it is set before anything imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

@@ -358,3 +358,62 @@ def test_embedded_shakespeare_gpt2(tmp_path):
     train, val = read_ids(tmp_path, "train", "uint16"), read_ids(tmp_path, "val", "uint16")
     assert (train + val).count(50256) == 42  # one end-of-text per play
     assert meta["train_tokens"] > 1_000_000
+
+
+# ----------------------------------------------------------------------------- special tokens and bpe
+
+def test_every_tokenizer_lists_its_special_tokens():
+    from data.tokenizer import CHAT_SPECIAL_TOKENS
+
+    expected = {"char": {}, "byte": {}, "tiktoken": {"<|endoftext|>": 50256},
+                "bpe": {t: i for i, t in enumerate(CHAT_SPECIAL_TOKENS)}}
+    assert set(expected) == set(TOKENIZERS)  # a new kind needs its expectation here
+    for name, special in expected.items():
+        tok = build_tokenizer(name, SHAKESPEARE)  # bpe without a file: trained on this text
+        assert tok.special_tokens == special, name
+        assert tok.eot_token == special.get("<|endoftext|>"), name
+        for s, i in special.items():  # placed by code they decode to their text; typed in text they stay text
+            assert tok.decode([i]) == s and i not in tok.encode(f"x{s}y")
+
+
+def _bpe_file(tmp_path: Path) -> Path:
+    from data.tokenizer import train_bpe
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(train_bpe(DOCS.values(), vocab_size=400).tok.to_str(), encoding="utf-8")
+    return path
+
+
+def test_prepare_with_a_bpe_tokenizer_file(tmp_path):
+    from data.tokenizer import BPETokenizer
+
+    src, tok_file = write_docs(tmp_path / "src"), _bpe_file(tmp_path)
+    out = tmp_path / "out"
+    meta = main(["--input", str(src), "--out_dir", str(out), "--tokenizer", "bpe", "--tokenizer_file", str(tok_file),
+                 "--val_fraction", "0.2"])
+    file_tok = BPETokenizer.from_file(tok_file)
+    assert meta["tokenizer_json"] == file_tok.tokenizer_json and meta["eot_token"] == 0
+    tok_file.unlink()  # meta.json alone rebuilds the tokenizer
+    tok = load_tokenizer(load_meta(out))
+    assert tok.vocab_size == meta["vocab_size"] == file_tok.vocab_size  # < 400: a tiny corpus has few pairs
+    train, val = read_ids(out, "train", "uint16"), read_ids(out, "val", "uint16")
+    texts = [DOCS[n] for n in shuffled(1337)]
+    assert tok.decode(train) + tok.decode(val) == "".join(t + "<|endoftext|>" for t in texts)
+    assert (train + val).count(0) == len(texts)  # one end-of-text id after each document, none elsewhere
+    assert tok.encode(texts[0]) == train[:len(tok.encode(texts[0]))]
+
+
+def test_prepare_bpe_flag_errors(tmp_path, capsys):
+    src, tok_file = write_docs(tmp_path / "src"), _bpe_file(tmp_path)
+    out = ["--input", str(src), "--out_dir", str(tmp_path / "out")]
+    (tmp_path / "bad.json").write_text('{"model": 3}')
+    assert run_cli(main, [*out, "--tokenizer", "bpe"]) == 2
+    assert run_cli(main, [*out, "--tokenizer_file", str(tok_file)]) == 2  # char is the default
+    assert run_cli(main, [*out, "--tokenizer", "bpe", "--tokenizer_file", str(tmp_path / "bad.json")]) == 2
+    assert run_cli(main, [*out, "--tokenizer", "bpe", "--tokenizer_file", str(tmp_path / "nope.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == ("error: --tokenizer bpe needs --tokenizer_file; train one with: python data/train_tokenizer.py "
+                      "--input YOUR_TEXT --vocab_size 8192 --out tokenizer.json")
+    assert err[1] == "error: --tokenizer_file only applies to --tokenizer bpe, not char"
+    assert "bad.json is not a valid tokenizers JSON" in err[2] and "nope.json not found" in err[3]
+    assert len(err) == 4 and not (tmp_path / "out" / "meta.json").exists()

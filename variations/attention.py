@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from errors import UserError
+from variations import kernels
 from variations.cost import Cost
 from variations.norm import NORM_EPS  # the epsilon of --qk_norm
 from variations.registry import create, get, knob, register
@@ -130,6 +131,10 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = HeadRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.softmax = create("softmax", config.softmax_variant_attn, config)
         self.use_sdpa = bool(getattr(self.softmax, "sdpa_compatible", False)) and self.softcap is None
+        # --softmax_kernel: Triton kernels for the explicit path; elementwise normalisers without a
+        # soft-cap can skip the score matrix altogether (fused attention, variations/triton_attention.py)
+        self.kernel = config.softmax_kernel
+        self.fusable = getattr(self.softmax, "elementwise", False) and self.softcap is None
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -157,6 +162,9 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None,
                 dropout_p=self.dropout if self.training else 0.0, enable_gqa=nkv != nh)
+        elif (self.fusable and bias is None and not (self.training and self.dropout > 0)
+              and kernels.use_triton(self.kernel, x.device)):
+            y = kernels.fused_attention(self.softmax, q, k, v, self.window)  # (B, nh, T, hs), no T x T matrix
         else:
             if nkv != nh:  # each kv head serves nh / nkv consecutive query heads
                 k = k.repeat_interleave(nh // nkv, dim=1)  # (B, nh, t_k, hs)
@@ -166,7 +174,10 @@ class CausalSelfAttention(nn.Module):
                 scores = (self.softcap * torch.tanh(scores.float() / self.softcap)).to(scores.dtype)
             if bias is not None:
                 scores = scores + bias.to(scores.dtype)
-            att = self.softmax(scores, causal_mask(T, t_k, x.device, self.window))
+            if kernels.use_triton(self.kernel, x.device):  # mask built inside the kernel
+                att = kernels.fused_rows(self.softmax, scores, self.window)
+            else:
+                att = self.softmax(scores, causal_mask(T, t_k, x.device, self.window))
             y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))

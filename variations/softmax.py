@@ -21,6 +21,10 @@ Two families:
 A class whose `sdpa_compatible` is True computes exactly the standard softmax, so attention may
 hand the whole computation to `F.scaled_dot_product_attention` (FlashAttention) instead.
 
+Triton kernels (variations/triton_softmax.py, triton_attention.py; --softmax_kernel) compute the
+same functions fused. `kernel_spec(x) -> (transform, params)` tells them which score transform a
+variant is and its scalars as a (G, 4) fp32 tensor (learned scalars first, kept differentiable).
+
 Divisors of the elementwise family: each variant has its own constant divisor knob, default 256,
 the default --block_size. At initialisation the scores are near 0, where sigmoid, softplus and
 squareplus are about 0.5-0.7, so a full row of 256 keys then sums to about 0.5-0.7: weights of the
@@ -98,6 +102,17 @@ def _masked_softmax(z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.softmax(z, dim=-1)  # _finish zeroes the dropped positions and the empty rows
 
 
+def _spec(*slots: float) -> torch.Tensor:
+    """Constant kernel parameters: one (1, 4) row, unused slots 0."""
+    return torch.tensor([list(slots) + [0.0] * (4 - len(slots))], dtype=torch.float32)
+
+
+def _learned_spec(beta: torch.Tensor, gamma: torch.Tensor, slot2: float = 0.0) -> torch.Tensor:
+    """(G, 4) kernel parameters from learned beta and gamma of shape () or (G,): gradients flow back."""
+    beta, gamma = beta.float().reshape(-1), gamma.float().reshape(-1)
+    return torch.stack([beta, gamma, torch.full_like(beta, slot2), torch.zeros_like(beta)], dim=1)
+
+
 def _normalising_cost(n: int, extra_elementwise: int = 0, extra_exp: int = 0, extra_div: int = 0) -> Cost:
     """A max-subtracted softmax over n elements: row max, subtract, exp, row sum, divide."""
     return Cost(elementwise=n + extra_elementwise, exp=n + extra_exp, div=n + extra_div, cmp=n, reduce=2 * n,
@@ -111,6 +126,7 @@ class Softmax(nn.Module):
     """Softmax: exp(x - max) / sum(exp(x - max)) over the keys (Bridle, 1990; Vaswani et al., 2017)."""
 
     sdpa_compatible = True
+    elementwise = False
 
     def __init__(self, config):
         super().__init__()
@@ -118,6 +134,9 @@ class Softmax(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
         return _finish(_masked_softmax(s, keep), keep, x.dtype)
+
+    def kernel_spec(self, x):
+        return "scaled_softmax", _spec(1.0)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         return _normalising_cost(rows * row_len)
@@ -133,6 +152,7 @@ class Strongermax(nn.Module):
     """
 
     sdpa_compatible = False
+    elementwise = False
 
     def __init__(self, config):
         super().__init__()
@@ -143,6 +163,9 @@ class Strongermax(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
         return _finish(_masked_softmax(s * math.log(self.base), keep), keep, x.dtype)
+
+    def kernel_spec(self, x):
+        return "scaled_softmax", _spec(math.log(self.base))
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
@@ -162,6 +185,7 @@ class Softermax(nn.Module):
     """
 
     sdpa_compatible = False
+    elementwise = False
 
     def __init__(self, config):
         super().__init__()
@@ -190,6 +214,10 @@ class Softermax(nn.Module):
         y = y / torch.where(total > 0, total, 1.0)            # a fully masked row stays 0
         return _finish(y, keep, x.dtype)
 
+    def kernel_spec(self, x):
+        # the kernel reads a row once (or tiles it with the same online max/sum rescaling)
+        return "scaled_softmax", _spec(math.log(2.0))
+
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
         slices = rows * math.ceil(row_len / self.block)
@@ -208,6 +236,7 @@ class SigSoftmax(nn.Module):
     """
 
     sdpa_compatible = False
+    elementwise = False
 
     def __init__(self, config):
         super().__init__()
@@ -215,6 +244,9 @@ class SigSoftmax(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
         return _finish(_masked_softmax(s + F.logsigmoid(s), keep), keep, x.dtype)
+
+    def kernel_spec(self, x):
+        return "sigsoftmax", _spec()
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
@@ -234,6 +266,7 @@ class ConSmax(nn.Module):
     """
 
     sdpa_compatible = False
+    elementwise = True  # weights need no row max or sum (fused attention applies)
     MAX_EXPONENT = 80.0  # exp(88.7) overflows fp32; stay clear of it
 
     def __init__(self, config):
@@ -245,6 +278,9 @@ class ConSmax(nn.Module):
         s, keep = _prepare(x, mask)
         y = torch.exp(torch.clamp(s - self.beta, max=self.MAX_EXPONENT)) / self.gamma
         return _finish(y, keep, x.dtype)
+
+    def kernel_spec(self, x):
+        return "consmax", _learned_spec(self.beta, self.gamma)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
@@ -263,6 +299,7 @@ class ConSmaxV2(nn.Module):
     """
 
     sdpa_compatible = False
+    elementwise = True  # weights need no row max or sum (fused attention applies)
     MAX_EXPONENT = ConSmax.MAX_EXPONENT
 
     def __init__(self, config):
@@ -279,6 +316,11 @@ class ConSmaxV2(nn.Module):
             beta, gamma = self.beta.mean(), self.gamma.mean()
         y = torch.exp(torch.clamp(s - beta, max=self.MAX_EXPONENT)) / gamma
         return _finish(y, keep, x.dtype)
+
+    def kernel_spec(self, x):
+        if x.dim() >= 3 and x.size(-3) == self.n_head:  # one parameter row per head
+            return "consmax", _learned_spec(self.beta, self.gamma)
+        return "consmax", _learned_spec(self.beta.mean(), self.gamma.mean())
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
@@ -297,6 +339,7 @@ class SaturatingConSmax(nn.Module):
     """
 
     sdpa_compatible = False
+    elementwise = True  # weights need no row max or sum (fused attention applies)
 
     def __init__(self, config):
         super().__init__()
@@ -311,6 +354,9 @@ class SaturatingConSmax(nn.Module):
         # z <= s: exp(z) * 1;  z > s: exp(s) * (1 + z - s)
         y = torch.exp(z_sat) * (1.0 + (z - z_sat)) / self.gamma
         return _finish(y, keep, x.dtype)
+
+    def kernel_spec(self, x):
+        return "saturating_consmax", _learned_spec(self.beta, self.gamma, self.threshold)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
@@ -331,6 +377,7 @@ class Polymax(nn.Module):
     """
 
     sdpa_compatible = False
+    elementwise = True  # weights need no row max or sum (fused attention applies)
 
     def __init__(self, config):
         super().__init__()
@@ -348,6 +395,9 @@ class Polymax(nn.Module):
         y = torch.where(s < self.x0, 0.0, torch.where(s < 0, linear, poly)) / self.divisor
         return _finish(y, keep, x.dtype)
 
+    def kernel_spec(self, x):
+        return "polymax", _spec(self.x0, self.y0, self.power, self.divisor)
+
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
         if self.power == int(self.power):  # x^p by p - 1 multiplies
@@ -362,6 +412,7 @@ class _ActivationOverDivisor(nn.Module):
     """Shared body of the f(x) / divisor normalisers; a subclass sets DIVISOR and activation()."""
 
     sdpa_compatible = False
+    elementwise = True  # weights need no row max or sum (fused attention applies)
     DIVISOR: str  # the knob name of the divisor
 
     def __init__(self, config):
@@ -377,6 +428,10 @@ class _ActivationOverDivisor(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
         return _finish(self.activation(s) / self.divisor, keep, x.dtype)
+
+    def kernel_spec(self, x):
+        # the kernel transform of the same name as the variant; slot 2 holds a shape constant
+        return self.registry_name, _spec(0.0, 0.0, getattr(self, "b", 0.0), self.divisor)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len

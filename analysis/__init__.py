@@ -1,0 +1,1 @@
+"""Tools that read run directories (tables, cost reports, plots, lm-eval); each file also runs as a script."""

@@ -224,7 +224,7 @@ class ChatSession:
         # keep the common prefix, but rerun at least the last prompt token: its logits start the reply
         keep = min(common_prefix(self.cached_ids, prompt), len(prompt) - 1)
         for cache in self.caches:  # roll back: keys/values past `keep` are overwritten by the next append
-            cache.length = keep
+            cache.truncate(keep)
         self.cached_ids = self.cached_ids[:keep]
         x = torch.tensor([prompt[keep:]], dtype=torch.long, device=self.device)  # (1, T)
         logits, _ = self.model(x, caches=self.caches)

@@ -20,10 +20,7 @@ The run directory holds config.json (resolved settings), meta.json (the tokenize
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import resource
 import shutil
 import sys
 import time
@@ -33,18 +30,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import train_args
 from data.prepare import load_meta
 from data.sft import SFTData
 from data.tokenizer import load_tokenizer
+# choose_device / choose_dtype are imported from here by sample.py, chat.py and the benchmarks
+from distributed import (Distributed, choose_device, choose_dtype, full_state_dicts, fully_shard_model,  # noqa: F401
+                         load_full_state_dicts, peak_memory_bytes)
 from errors import UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab
-from io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, load_checkpoint, read_json
+from io_utils import atomic_torch_save, atomic_write_json, load_checkpoint, read_json
 from model import GPT, estimate_mfu, peak_flops
 from train_args import TrainConfig
+from train_log import Reporter, summary_writer_class, truncate_metrics
 from variations import kernels
 from variations.cost import cost_table, group_by_component, per_token_summary
 
@@ -59,35 +59,6 @@ def resolve_data_dir(dataset: str) -> Path:
     return p if p.is_dir() else DATA_ROOT / dataset
 
 
-def choose_device(name: str, local_rank: int | None) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda" and local_rank is not None:
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    return device
-
-
-def choose_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def get_lr(it: int, tc: TrainConfig) -> float:
     """Linear warmup over warmup_iters, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
     if not tc.decay_lr:
@@ -99,116 +70,6 @@ def get_lr(it: int, tc: TrainConfig) -> float:
         return tc.min_lr
     ratio = (it - tc.warmup_iters) / (decay_iters - tc.warmup_iters)  # 0 -> 1
     return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (tc.learning_rate - tc.min_lr)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    if device.type == "mps":
-        return int(torch.mps.driver_allocated_memory())
-    try:  # Linux: this process's own high-water mark (ru_maxrss can carry a parent's peak into a child)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-class Distributed:
-    """Rank and world of this process: torchrun's environment, or a single process."""
-
-    def __init__(self, device_name: str):
-        self.enabled = int(os.environ.get("RANK", -1)) != -1
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.local_rank = int(os.environ["LOCAL_RANK"]) if self.enabled else None
-        self.device = choose_device(device_name, self.local_rank)
-        if self.enabled:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-        self.master = self.rank == 0
-
-    def mean(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t)
-        return t.item() / self.world_size
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank if it is True on any (keeps stop decisions in step)."""
-        if not self.enabled:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def gather(self, obj) -> list:
-        if not self.enabled:
-            return [obj]
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def close(self):
-        if self.enabled and dist.is_initialized():
-            try:  # leave together: a rank tearing gloo down while a peer still talks to it can abort
-                dist.barrier()
-            finally:
-                dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------- FSDP
-def fully_shard_model(model: GPT) -> None:
-    """--fsdp: shard the model in place with FSDP2, one unit per Block (its weights are all-gathered
-    just before it runs and freed after) and the rest (tied embedding/head, final norm) as the root."""
-    try:
-        from torch.distributed.fsdp import fully_shard
-    except ImportError:
-        try:  # torch 2.5
-            from torch.distributed._composable.fsdp import fully_shard
-        except ImportError:
-            raise UserError(f"--fsdp needs FSDP2 (torch >= 2.5), this is torch {torch.__version__}; "
-                            "upgrade torch or drop --fsdp") from None
-    for block in model.transformer.h:
-        fully_shard(block)
-    fully_shard(model)
-
-
-def full_state_dicts(model: GPT, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model, optimiser) state of a sharded model gathered in full on rank 0's CPU (the other ranks
-    get empty dicts; collective). The optimiser state is re-keyed from parameter names to indices,
-    torch's own layout, so checkpoints of sharded and unsharded runs are interchangeable."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_sd = get_model_state_dict(model, options=options)
-    if not optimizer.state:  # before the first step: get_optimizer_state_dict would take a zero step
-        return model_sd, optimizer.state_dict()  # (Adam's step count 1), so the runs would part ways
-    named = get_optimizer_state_dict(model, optimizer, options=options)  # keyed by parameter name
-    if not named:  # ranks other than 0
-        return model_sd, {}
-    index = {n: i for i, n in enumerate(n for g in named["param_groups"] for n in g["params"])}
-    return model_sd, {"state": {index[n]: st for n, st in named["state"].items()},
-                      "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in named["param_groups"]]}
-
-
-def load_full_state_dicts(model: GPT, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict):
-    """Inverse of full_state_dicts: every rank holds the full state and keeps its shard."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, model_sd, options=options)
-    if not optim_sd["state"]:  # saved before the first step (see full_state_dicts)
-        return optimizer.load_state_dict(optim_sd)
-    name_of = {id(p): n for n, p in model.named_parameters()}
-    names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]  # index -> name
-    named = {"state": {names[i]: st for i, st in optim_sd["state"].items()},
-             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in optim_sd["param_groups"]]}
-    set_optimizer_state_dict(model, optimizer, named, options=options)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -234,82 +95,6 @@ class TokenData:
         if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
-
-
-# ---------------------------------------------------------------------------------------- logging
-def summary_writer_class():
-    """torch's TensorBoard SummaryWriter for --tensorboard; a one-line error without the package."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard "
-                        "(or pip install 'ppa-gpt[tensorboard]'), or drop --tensorboard") from None
-    return SummaryWriter
-
-
-class Reporter:
-    """Progress on the terminal (a rich progress bar on a TTY, plain lines otherwise) and the run's
-    metrics.jsonl, and with `tensorboard` each record's numbers as scalars `<type>/<key>` (train/loss,
-    eval/val_loss, ...) in out_dir/tensorboard/. Only rank 0 reports."""
-
-    def __init__(self, out_dir: Path, total: int, start: int, enabled: bool, tensorboard: bool = False):
-        self.enabled = enabled
-        self.metrics_path = out_dir / "metrics.jsonl"
-        self.progress = self.writer = None
-        if not enabled:
-            return
-        if tensorboard:  # a resumed run drops the events logged after its checkpoint's step
-            self.writer = summary_writer_class()(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None,
-                                                 flush_secs=30)
-        from rich.console import Console
-        self.console = Console()
-        if not self.console.is_terminal:
-            self.console = Console(width=160)  # a log file: keep tables whole rather than 80 columns
-        else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console)
-            self.task = self.progress.add_task("train", total=total, completed=start, status="")
-            self.progress.start()
-
-    def record(self, rec: dict):
-        if not self.enabled:
-            return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.writer is not None:
-            for key, value in rec.items():
-                if key != "iter" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(f"{rec['type']}/{key}", value, rec["iter"])
-
-    def line(self, text: str):
-        if self.enabled:
-            (self.progress.console if self.progress else self.console).print(text, highlight=False, soft_wrap=True)
-
-    def advance(self, it: int, status: str):
-        if self.progress is not None:
-            self.progress.update(self.task, completed=it, status=status)
-
-    def close(self):
-        if self.progress is not None:
-            self.progress.stop()
-        if self.writer is not None:
-            self.writer.close()
-
-
-def truncate_metrics(path: Path, last_iter: int):
-    """On resume, drop records written after the checkpoint (and any half-written last line)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("iter", 0) <= last_iter:
-            kept.append(line)
-    atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
 
 
 # ---------------------------------------------------------------------------------------- trainer

@@ -491,3 +491,15 @@ def test_norm_knob_validation_names_the_flag(kwargs, name, flag):
 def test_cost_params_equal_real_parameter_count(kind, name, kwargs):
     m = create(kind, name, tiny_config(**kwargs))
     assert m.cost(16).params == sum(p.numel() for p in m.parameters())
+
+
+def test_kv_cache_truncate_rolls_back_and_checks_bounds():
+    from variations.attention import KVCache
+    cache = KVCache(1, 2, 8, 4, "cpu", torch.float32)
+    k = torch.arange(5 * 4, dtype=torch.float32).view(1, 1, 5, 4).expand(1, 2, 5, 4)
+    cache.append(k, k)
+    cache.truncate(2)
+    keys, _ = cache.append(-k[:, :, :1], -k[:, :, :1])  # overwrites position 2
+    assert cache.length == 3 and torch.equal(keys[:, :, :2], k[:, :, :2]) and torch.equal(keys[:, :, 2], -k[:, :, 0])
+    with pytest.raises(ValueError, match="cannot truncate to 4"):
+        cache.truncate(4)

@@ -55,6 +55,13 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def truncate(self, n: int) -> None:
+        """Keep the first n positions (0 <= n <= length): later appends overwrite the rest. Lets a
+        chat roll back to the prefix a new prompt shares with the cached one."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"KV cache holds {self.length} positions; cannot truncate to {n}")
+        self.length = n
+
     def skip(self, n: int) -> None:
         """Count n positions as filled without storing anything (a layer that keeps no keys), so
         that `length` still tells the model the absolute position of the next token."""

@@ -1,0 +1,158 @@
+"""Devices and processes for training: device and dtype choice, torchrun ranks, FSDP2 sharding.
+
+`Distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and sets up the process
+group (nccl on CUDA, gloo on CPU), or stands for a single process. `fully_shard_model`,
+`full_state_dicts` and `load_full_state_dicts` implement --fsdp: one FSDP2 unit per Block, and
+checkpoints gathered in full on rank 0 in torch's usual layout, interchangeable with unsharded runs.
+Used by train.py; sample.py and the benchmarks use choose_device / choose_dtype.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from errors import UserError
+
+
+def choose_device(name: str, local_rank: int | None) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda" and local_rank is not None:
+        name = f"cuda:{local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def choose_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    if device.type == "mps":
+        return int(torch.mps.driver_allocated_memory())
+    try:  # Linux: this process's own high-water mark (ru_maxrss can carry a parent's peak into a child)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+class Distributed:
+    """Rank and world of this process: torchrun's environment, or a single process."""
+
+    def __init__(self, device_name: str):
+        self.enabled = int(os.environ.get("RANK", -1)) != -1
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ["LOCAL_RANK"]) if self.enabled else None
+        self.device = choose_device(device_name, self.local_rank)
+        if self.enabled:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.master = self.rank == 0
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return t.item() / self.world_size
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is True on any (keeps stop decisions in step)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, obj) -> list:
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self):
+        if self.enabled and dist.is_initialized():
+            try:  # leave together: a rank tearing gloo down while a peer still talks to it can abort
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------- FSDP
+def fully_shard_model(model) -> None:
+    """--fsdp: shard the model in place with FSDP2, one unit per Block (its weights are all-gathered
+    just before it runs and freed after) and the rest (tied embedding/head, final norm) as the root."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        try:  # torch 2.5
+            from torch.distributed._composable.fsdp import fully_shard
+        except ImportError:
+            raise UserError(f"--fsdp needs FSDP2 (torch >= 2.5), this is torch {torch.__version__}; "
+                            "upgrade torch or drop --fsdp") from None
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def full_state_dicts(model, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(model, optimiser) state of a sharded model gathered in full on rank 0's CPU (the other ranks
+    get empty dicts; collective). The optimiser state is re-keyed from parameter names to indices,
+    torch's own layout, so checkpoints of sharded and unsharded runs are interchangeable."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=options)
+    if not optimizer.state:  # before the first step: get_optimizer_state_dict would take a zero step
+        return model_sd, optimizer.state_dict()  # (Adam's step count 1), so the runs would part ways
+    named = get_optimizer_state_dict(model, optimizer, options=options)  # keyed by parameter name
+    if not named:  # ranks other than 0
+        return model_sd, {}
+    index = {n: i for i, n in enumerate(n for g in named["param_groups"] for n in g["params"])}
+    return model_sd, {"state": {index[n]: st for n, st in named["state"].items()},
+                      "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in named["param_groups"]]}
+
+
+def load_full_state_dicts(model, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict):
+    """Inverse of full_state_dicts: every rank holds the full state and keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_sd, options=options)
+    if not optim_sd["state"]:  # saved before the first step (see full_state_dicts)
+        return optimizer.load_state_dict(optim_sd)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]  # index -> name
+    named = {"state": {names[i]: st for i, st in optim_sd["state"].items()},
+             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in optim_sd["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, named, options=options)

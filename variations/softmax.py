@@ -33,6 +33,7 @@ or the KV cache, so it is not divided by.)
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -102,9 +103,15 @@ def _masked_softmax(z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.softmax(z, dim=-1)  # _finish zeroes the dropped positions and the empty rows
 
 
-def _spec(*slots: float) -> torch.Tensor:
-    """Constant kernel parameters: one (1, 4) row, unused slots 0."""
-    return torch.tensor([list(slots) + [0.0] * (4 - len(slots))], dtype=torch.float32)
+@functools.lru_cache(maxsize=256)
+def _constant_spec(slots: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor([list(slots) + [0.0] * (4 - len(slots))], dtype=torch.float32, device=device)
+
+
+def _spec(x: torch.Tensor, *slots: float) -> torch.Tensor:
+    """Constant kernel parameters on x's device: one (1, 4) row, unused slots 0. Cached, so a training
+    step does not copy them to the GPU once per layer."""
+    return _constant_spec(tuple(float(v) for v in slots), x.device)
 
 
 def _learned_spec(beta: torch.Tensor, gamma: torch.Tensor, slot2: float = 0.0) -> torch.Tensor:
@@ -136,7 +143,7 @@ class Softmax(nn.Module):
         return _finish(_masked_softmax(s, keep), keep, x.dtype)
 
     def kernel_spec(self, x):
-        return "scaled_softmax", _spec(1.0)
+        return "scaled_softmax", _spec(x, 1.0)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         return _normalising_cost(rows * row_len)
@@ -165,7 +172,7 @@ class Strongermax(nn.Module):
         return _finish(_masked_softmax(s * math.log(self.base), keep), keep, x.dtype)
 
     def kernel_spec(self, x):
-        return "scaled_softmax", _spec(math.log(self.base))
+        return "scaled_softmax", _spec(x, math.log(self.base))
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
@@ -216,7 +223,7 @@ class Softermax(nn.Module):
 
     def kernel_spec(self, x):
         # the kernel reads a row once (or tiles it with the same online max/sum rescaling)
-        return "scaled_softmax", _spec(math.log(2.0))
+        return "scaled_softmax", _spec(x, math.log(2.0))
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
@@ -246,7 +253,7 @@ class SigSoftmax(nn.Module):
         return _finish(_masked_softmax(s + F.logsigmoid(s), keep), keep, x.dtype)
 
     def kernel_spec(self, x):
-        return "sigsoftmax", _spec()
+        return "sigsoftmax", _spec(x)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
@@ -396,7 +403,7 @@ class Polymax(nn.Module):
         return _finish(y, keep, x.dtype)
 
     def kernel_spec(self, x):
-        return "polymax", _spec(self.x0, self.y0, self.power, self.divisor)
+        return "polymax", _spec(x, self.x0, self.y0, self.power, self.divisor)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
@@ -431,7 +438,7 @@ class _ActivationOverDivisor(nn.Module):
 
     def kernel_spec(self, x):
         # the kernel transform of the same name as the variant; slot 2 holds a shape constant
-        return self.registry_name, _spec(0.0, 0.0, getattr(self, "b", 0.0), self.divisor)
+        return self.registry_name, _spec(x, 0.0, 0.0, getattr(self, "b", 0.0), self.divisor)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len

@@ -417,3 +417,10 @@ def test_prepare_bpe_flag_errors(tmp_path, capsys):
     assert err[1] == "error: --tokenizer_file only applies to --tokenizer bpe, not char"
     assert "bad.json is not a valid tokenizers JSON" in err[2] and "nope.json not found" in err[3]
     assert len(err) == 4 and not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_template_bpe_needs_a_tokenizer_file():
+    """The template script offers every tokenizer; bpe without a trained file is refused, as in prepare.py."""
+    main = _embedded_main("template")
+    with pytest.raises(UserError, match=r"--tokenizer bpe needs --tokenizer_file; train one with: python data/train_tokenizer.py"):
+        main(["--tokenizer", "bpe"])

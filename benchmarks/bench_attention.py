@@ -39,8 +39,8 @@ import torch.nn.functional as F  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks.kernel_timing import (DTYPES, environment, fmt, fused_status, peak_bytes, saved_bytes,  # noqa: E402
-                                      time_ms, write_json)
+from benchmarks.kernel_timing import (DTYPES, finish, fmt, fused_status, peak_bytes, saved_bytes,  # noqa: E402
+                                      time_ms)
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message  # noqa: E402
 from gpt_conf import GPTConfig  # noqa: E402
 from train import choose_device  # noqa: E402
@@ -193,12 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     for variant in args.variants:
         for T in args.lengths:
             rows.extend(measure(variant, T, args, device, DTYPES[args.dtype], fused_ok))
-    result = {"environment": environment(device, "benchmarks/bench_attention.py", argv), "fused": why,
-              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "rows": rows, "targets": targets(rows)}
-    write_json(args.json or ROOT / "benchmarks" / "results" / f"bench_attention_{device.type}.json", result)
-    print_table(result)
-    return result
+    return finish("bench_attention", device, why, args, argv, rows, targets, print_table)
 
 
 if __name__ == "__main__":

@@ -98,5 +98,17 @@ def write_json(path: Path, result: dict):
     atomic_write_json(path, json.loads(json.dumps(result, default=str)))
 
 
+def finish(script: str, device: torch.device, fused: str, args, argv: list[str] | None, rows: list[dict],
+           targets, print_table) -> dict:
+    """The result of a kernel benchmark: environment, settings, rows and targets(rows); written as
+    JSON (--json, default benchmarks/results/<script>_<device>.json) and printed with print_table."""
+    result = {"environment": environment(device, f"benchmarks/{script}.py", argv), "fused": fused,
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "rows": rows, "targets": targets(rows)}
+    write_json(args.json or ROOT / "benchmarks" / "results" / f"{script}_{device.type}.json", result)
+    print_table(result)
+    return result
+
+
 def fmt(value, spec: str = ".3g", missing: str = "-") -> str:
     return missing if value is None else format(value, spec)

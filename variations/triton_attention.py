@@ -48,6 +48,17 @@ def _visible(offs_m, offs_n, t_q, t_k, window, WINDOWED: tl.constexpr):
 
 
 @triton.jit
+def _key_range(pid_m, t_q, t_k, window, WINDOWED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi): the keys any query of query tile pid_m can see (causal upper bound, window lower
+    bound, lo rounded down to a key tile)."""
+    hi = tl.minimum(t_k, pid_m * BLOCK_M + BLOCK_M + (t_k - t_q))
+    lo = 0
+    if WINDOWED:
+        lo = tl.maximum(0, pid_m * BLOCK_M + (t_k - t_q) - window + 1) // BLOCK_N * BLOCK_N
+    return lo, hi
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, O, P, scale, dmax,
               sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
               n_head, group, t_q, t_k, head_dim, window, n_param_rows,
@@ -67,11 +78,7 @@ def _attn_fwd(Q, K, V, O, P, scale, dmax,
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    # keys any query of this tile can see: causal upper bound, window lower bound
-    hi = tl.minimum(t_k, pid_m * BLOCK_M + BLOCK_M + (t_k - t_q))
-    lo = 0
-    if WINDOWED:
-        lo = tl.maximum(0, pid_m * BLOCK_M + (t_k - t_q) - window + 1) // BLOCK_N * BLOCK_N
+    lo, hi = _key_range(pid_m, t_q, t_k, window, WINDOWED, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < t_k
@@ -170,10 +177,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, P, scale, dmax,
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    hi = tl.minimum(t_k, pid_m * BLOCK_M + BLOCK_M + (t_k - t_q))
-    lo = 0
-    if WINDOWED:
-        lo = tl.maximum(0, pid_m * BLOCK_M + (t_k - t_q) - window + 1) // BLOCK_N * BLOCK_N
+    lo, hi = _key_range(pid_m, t_q, t_k, window, WINDOWED, BLOCK_M, BLOCK_N)
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[:, None] < t_k) & d_ok[None, :]

@@ -18,7 +18,6 @@ slot 0 beta, slot 1 gamma), so gradients of learned scalars flow back through `p
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
@@ -183,17 +182,23 @@ def _keep(x, rows, cols, n_rows, n_cols, q_len, q_offset, window,
 
 
 @triton.jit
+def _row_params(P, rows, n_rows, q_len, n_groups):
+    """The four kernel parameters of each score row (BLOCK_R, 1): row (rows // q_len) % n_groups of
+    P (G, 4), i.e. the row's head when there is one parameter row per head, else row 0."""
+    g = (rows // q_len) % n_groups
+    ok = rows < n_rows
+    return (tl.load(P + g * 4 + 0, mask=ok, other=1.0), tl.load(P + g * 4 + 1, mask=ok, other=1.0),
+            tl.load(P + g * 4 + 2, mask=ok, other=1.0), tl.load(P + g * 4 + 3, mask=ok, other=1.0))
+
+
+@triton.jit
 def _rows_fwd(X, Y, P, n_rows, n_cols, q_len, q_offset, window, n_groups, dmax,
               T: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr):
     """Y[r, :] = weights of row r of X (n_rows, n_cols), both contiguous. One program: BLOCK_R rows."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]  # (BLOCK_R, 1)
     offs = tl.arange(0, BLOCK_N)[None, :]  # (1, BLOCK_N)
-    g = (rows // q_len) % n_groups  # parameter row of each score row (per head, or 0)
-    p0 = tl.load(P + g * 4 + 0, mask=rows < n_rows, other=1.0)
-    p1 = tl.load(P + g * 4 + 1, mask=rows < n_rows, other=1.0)
-    p2 = tl.load(P + g * 4 + 2, mask=rows < n_rows, other=1.0)
-    p3 = tl.load(P + g * 4 + 3, mask=rows < n_rows, other=1.0)
+    p0, p1, p2, p3 = _row_params(P, rows, n_rows, q_len, n_groups)
     base = rows.to(tl.int64) * n_cols
     if T < 2:  # normalising: a row max and a row sum
         if SINGLE:
@@ -248,11 +253,7 @@ def _rows_bwd(X, Y, DY, DX, P, DP, n_rows, n_cols, q_len, q_offset, window, n_gr
     elementwise: from X, recomputing the weights. DP[r] = row r's dL/dp0, dL/dp1 (summed later)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
     offs = tl.arange(0, BLOCK_N)[None, :]
-    g = (rows // q_len) % n_groups
-    p0 = tl.load(P + g * 4 + 0, mask=rows < n_rows, other=1.0)
-    p1 = tl.load(P + g * 4 + 1, mask=rows < n_rows, other=1.0)
-    p2 = tl.load(P + g * 4 + 2, mask=rows < n_rows, other=1.0)
-    p3 = tl.load(P + g * 4 + 3, mask=rows < n_rows, other=1.0)
+    p0, p1, p2, p3 = _row_params(P, rows, n_rows, q_len, n_groups)
     base = rows.to(tl.int64) * n_cols
     if T < 2:  # dz = y (dy - sum(dy y)), ds = dz dz/ds
         if SINGLE:

@@ -34,13 +34,11 @@ from rich.text import Text
 from data.chat_template import ChatTemplate
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from gpt_conf import GPTConfig
-from io_utils import read_json
+from run_dir import CHECKPOINT_CHOICES, SUMMARY, RunDir, load_run
 from model import sample_next
-from sample import load_run
 from train import choose_device
 from variations.registry import create
 
-CHECKPOINTS = ("ckpt_best.pt", "ckpt_last.pt")
 SIZE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "vocab_size")  # rows of /params
 
 
@@ -408,12 +406,10 @@ class ChatRepl:
         s = self.session
         rows = []
         for d in sorted(p for p in s.runs_dir.iterdir() if p.is_dir()):
-            if not any((d / c).is_file() for c in CHECKPOINTS):
+            run = RunDir(d)
+            if run.latest_checkpoint_path() is None:
                 continue
-            try:
-                summary = read_json(d / "summary.json")
-            except UserError:
-                summary = {}
+            summary = run.read_json_or_none(SUMMARY) or {}
             loss = summary.get("best_val_loss")
             rows.append(("*" if d.resolve() == s.run_dir.resolve() else "", d.name, summary.get("iters", "?"),
                          "?" if loss is None else f"{loss:.4f}"))
@@ -460,7 +456,7 @@ class ChatRepl:
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="chat.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--out_dir", default="out/quickstart", help="run directory written by train.py")
-    p.add_argument("--ckpt", choices=("best", "last"), default="best", help="which checkpoint of the run")
+    p.add_argument("--ckpt", choices=CHECKPOINT_CHOICES, default="best", help="which checkpoint of the run")
     p.add_argument("--system", default=None, help="system message that opens the conversation")
     defaults = Settings()
     for name, (field, _, arg, help) in SETTINGS.items():

@@ -48,30 +48,14 @@ import sample_analysis
 from data.prepare import load_meta
 from data.tokenizer import load_tokenizer
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
-from io_utils import atomic_write_json, load_checkpoint, read_json
+from io_utils import atomic_write_json
 from model import GPT, sampling_probs
+from run_dir import CHECKPOINT_CHOICES, load_run
 from train import choose_device, choose_dtype, resolve_data_dir
 from variations.registry import create
 
 QUIT_WORDS = ("quit",)  # --interactive ends at EOF, an empty line, or one of these
 DECODE_CHUNK = 1 << 20  # tokens decoded at once when counting the bytes of an evaluated split
-
-
-def load_run(out_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"):
-    """(model in eval mode on device, tokenizer, checkpoint dict) of a run directory."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise UserError(f"run directory {out_dir} not found; train one with: python train.py --out_dir {out_dir}")
-    path = out_dir / f"ckpt_{which}.pt"
-    if which == "best" and not path.exists() and (out_dir / "ckpt_last.pt").exists():
-        path = out_dir / "ckpt_last.pt"
-    ckpt = load_checkpoint(path, map_location="cpu")
-    model = GPT.from_checkpoint(ckpt).to(device).eval()
-    tokenizer = load_tokenizer(read_json(out_dir / "meta.json", "tokenizer description"))
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(f"{out_dir}/meta.json describes {tokenizer.vocab_size} tokens but the model has "
-                        f"{model.config.vocab_size}; the run directory mixes two runs")
-    return model, tokenizer, ckpt
 
 
 def read_start(start: str) -> str:
@@ -95,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     run = p.add_argument_group("run")
     run.add_argument("--out_dir", default="out/quickstart", help="run directory written by train.py")
-    run.add_argument("--ckpt", choices=("best", "last"), default="best", help="which checkpoint of the run")
+    run.add_argument("--ckpt", choices=CHECKPOINT_CHOICES, default="best", help="which checkpoint of the run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                      help="autocast dtype on CUDA (auto: bfloat16 where supported)")

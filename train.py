@@ -15,13 +15,12 @@ checkpointing; TensorBoard scalars (--tensorboard); early stopping; limits on st
 tokens; atomic checkpoints holding model, optimiser, RNG and data-sampler state, so a resumed run
 (even after SIGKILL) reproduces the uninterrupted one's losses exactly on CPU.
 
-The run directory holds config.json (resolved settings), meta.json (the tokenizer), metrics.jsonl
-(one JSON record per log and eval step), summary.json and ckpt_best.pt / ckpt_last.pt.
+The run directory's files (config, tokenizer, metrics, summary, checkpoints) are named and read in
+run_dir.py.
 """
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -41,8 +40,9 @@ from distributed import (Distributed, choose_device, choose_dtype, full_state_di
                          load_full_state_dicts, peak_memory_bytes)
 from errors import UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab
-from io_utils import atomic_torch_save, atomic_write_json, load_checkpoint, read_json
+from io_utils import load_checkpoint
 from model import GPT, estimate_mfu, peak_flops
+from run_dir import METRICS, RunDir, resolve_checkpoint
 from train_args import TrainConfig
 from train_log import Reporter, summary_writer_class, truncate_metrics
 from variations import kernels
@@ -240,18 +240,11 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------- main
-def run_meta(run_dir: Path) -> dict:
-    """The tokenizer description (meta.json) train.py wrote into a run directory."""
-    return read_json(Path(run_dir) / "meta.json", "tokenizer description")
-
-
 def init_checkpoint_path(init_from: str) -> Path:
-    """--init_from RUN: a checkpoint file as given, or a run directory's ckpt_best.pt (else ckpt_last.pt)."""
+    """--init_from RUN: a checkpoint file as given, or a run directory's best checkpoint (else its last)."""
     path = Path(init_from)
-    if path.is_dir():
-        return path / "ckpt_best.pt" if (path / "ckpt_best.pt").exists() else path / "ckpt_last.pt"
-    if path.is_file():
-        return path
+    if path.is_dir() or path.is_file():
+        return resolve_checkpoint(path)
     raise UserError(f"--init_from {init_from}: not {', '.join(train_args.INIT_FROM)}, nor an existing run directory "
                     "or checkpoint file; give one of those")
 
@@ -275,7 +268,7 @@ def load_init(tc: TrainConfig, model_flags: dict) -> tuple[dict, GPTConfig, dict
             raise UserError(f"--{key} {value} differs from the {path} checkpoint's {saved.get(key)}; the model comes "
                             "from --init_from (drop the flag)")
     model_config = GPTConfig.from_dict(saved)
-    meta = run_meta(path.parent)
+    meta = RunDir(path.parent).read_meta()
     if not tc.sft_data:  # continued pre-training on --dataset: same tokenizer, or the ids mean other things
         data_meta = load_meta(resolve_data_dir(tc.dataset))
         if load_tokenizer(data_meta).meta() != load_tokenizer(meta).meta():
@@ -284,6 +277,12 @@ def load_init(tc: TrainConfig, model_flags: dict) -> tuple[dict, GPTConfig, dict
                             "with the run's tokenizer")
         meta = data_meta
     return ckpt, model_config, meta
+
+
+def check_new_run(tc: TrainConfig) -> None:
+    if RunDir(tc.out_dir).holds_run() and not tc.overwrite:
+        raise UserError(f"{tc.out_dir} already holds a run; continue it with --init_from resume, start over "
+                        "with --overwrite, or choose another --out_dir")
 
 
 def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig, dict, dict | None]:
@@ -295,7 +294,7 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
     if user.get("init_from") == "resume":
         dataset = user.get("dataset", train_args.default_of("dataset"))
         out_dir = Path(user.get("out_dir") or train_args.default_out_dir(dataset))
-        ckpt = load_checkpoint(out_dir / "ckpt_last.pt")
+        ckpt = RunDir(out_dir).load_checkpoint("last")
         model_config = GPTConfig.from_dict(ckpt["model_config"])
         for key, value in settings.model.items():
             if getattr(model_config, key) != value:
@@ -305,20 +304,16 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
         if "learning_rate" in user and "min_lr" not in user:
             saved["min_lr"] = None  # re-derive from the new learning rate
         tc = TrainConfig(**{**saved, **user, "out_dir": str(out_dir)})
-        meta = run_meta(out_dir) if tc.sft_data else load_meta(resolve_data_dir(tc.dataset))
+        meta = RunDir(out_dir).read_meta() if tc.sft_data else load_meta(resolve_data_dir(tc.dataset))
     elif user.get("init_from", "scratch") != "scratch":  # --init_from RUN
         tc = TrainConfig(**user)
         ckpt, model_config, meta = load_init(tc, settings.model)
-        if (Path(tc.out_dir) / "ckpt_last.pt").exists() and not tc.overwrite:
-            raise UserError(f"{tc.out_dir} already holds a run; continue it with --init_from resume, start over "
-                            "with --overwrite, or choose another --out_dir")
+        check_new_run(tc)
     else:
         ckpt = None
         tc = TrainConfig(**user)
         meta = load_meta(resolve_data_dir(tc.dataset))
-        if (Path(tc.out_dir) / "ckpt_last.pt").exists() and not tc.overwrite:
-            raise UserError(f"{tc.out_dir} already holds a run; continue it with --init_from resume, start over "
-                            "with --overwrite, or choose another --out_dir")
+        check_new_run(tc)
         model_config = GPTConfig(**{"vocab_size": pad_vocab(meta["vocab_size"]), **settings.model})
     if model_config.vocab_size < meta["vocab_size"]:
         raise UserError(f"--vocab_size {model_config.vocab_size} is smaller than the data set's vocabulary "
@@ -342,13 +337,13 @@ def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
     model_config, tc, meta, ckpt = build_configs(settings)
     dd = Distributed(tc.device)
     try:
-        return _train(model_config, tc, meta, ckpt, dd, Path(tc.out_dir), on_eval)
+        return _train(model_config, tc, meta, ckpt, dd, RunDir(tc.out_dir), on_eval)
     finally:
         dd.close()
 
 
 def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | None, dd: Distributed,
-           out_dir: Path, on_eval=None) -> dict:
+           run: RunDir, on_eval=None) -> dict:
     trainer = Trainer(model_config, tc, meta, dd)
     if ckpt is not None:
         if tc.init_from == "resume":
@@ -361,26 +356,23 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     peak = tc.peak_flops or peak_flops(trainer.device, trainer.dtype)
 
     if dd.master:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        run.path.mkdir(parents=True, exist_ok=True)
         if tc.init_from != "resume":  # a new run (--overwrite): clear the old run's files
-            for name in ("metrics.jsonl", "summary.json", "ckpt_best.pt", "ckpt_last.pt"):
-                (out_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+            run.clear_results()
         else:
-            truncate_metrics(out_dir / "metrics.jsonl", start_iter)
-        atomic_write_json(out_dir / "config.json", train_args.resolved_dict(model_config, tc))
-        atomic_write_json(out_dir / "meta.json", {k: v for k, v in meta.items() if k != "data_dir"})
+            truncate_metrics(run.file(METRICS), start_iter)
+        run.write_config(train_args.resolved_dict(model_config, tc))
+        run.write_meta(meta)
     cost_rows = model.cost(model_config.block_size)
     if dd.master:
-        atomic_write_json(out_dir / "cost.json", {"context": model_config.block_size,
-                                                  "rows": {k: c.to_dict() for k, c in cost_rows.items()}})
-    report = Reporter(out_dir, tc.max_iters, start_iter, dd.master, tc.tensorboard)
+        run.write_cost({"context": model_config.block_size, "rows": {k: c.to_dict() for k, c in cost_rows.items()}})
+    report = Reporter(run.path, tc.max_iters, start_iter, dd.master, tc.tensorboard)
     if tc.print_cost and dd.master:
         report.console.print(cost_table(group_by_component(cost_rows),
                                         f"hardware cost per token, forward, context {model_config.block_size}"))
     report.line(f"{'resuming' if start_iter else 'training'} {model.num_params() / 1e6:.2f}M parameters on "
                 f"{trainer.device} ({str(trainer.dtype).removeprefix('torch.')}, {dd.world_size} process(es)), "
-                f"{trainer.tokens_per_iter:,} tokens/step, from step {start_iter} -> {out_dir}")
+                f"{trainer.tokens_per_iter:,} tokens/step, from step {start_iter} -> {run.path}")
     kernel_line = kernels.describe(model, trainer.device)  # --softmax_kernel: the choice and why, once per run
     if kernel_line:
         report.line(kernel_line)
@@ -418,9 +410,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     def checkpoint(best: bool):
         state = trainer.state_dict(wall())  # collective: every rank
         if dd.master:
-            atomic_torch_save(out_dir / "ckpt_last.pt", state)
-            if best:
-                atomic_torch_save(out_dir / "ckpt_best.pt", state)
+            run.save_checkpoint(state, best)
 
     try:
         while True:
@@ -443,7 +433,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                             f"{' (best)' if improved else ''}")
                 checkpoint(improved)
                 if dd.master:
-                    atomic_write_json(out_dir / "summary.json", make_summary("running"))
+                    run.write_summary(make_summary("running"))
                 # the caller's verdict (rank 0), shared so that every rank stops at the same step
                 if on_eval is not None and dd.any(dd.master and bool(on_eval(it, dict(losses)))) \
                         and stop_reason is None:
@@ -488,7 +478,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     stop_reason = stop_reason or "max_iters"
     result = make_summary("completed")
     if dd.master:
-        atomic_write_json(out_dir / "summary.json", result)
+        run.write_summary(result)
         best = f"{result['best_val_loss']:.4f}" if result["best_val_loss"] is not None else "n/a"
         report.line(f"done ({stop_reason}): best val loss {best} at step {result['best_iter']}, "
                     + (f"{result['tokens_per_s']:,.0f} tokens/s, " if result["tokens_per_s"] else "")

@@ -12,6 +12,7 @@ the registry. Precedence, lowest to highest:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import types
@@ -127,48 +128,141 @@ def _base_type(annotation):
     return annotation
 
 
-def _field_specs() -> dict[str, tuple[str, object, type, dict]]:
-    """name -> (owner 'model'|'train', default, type, metadata) for every flag, model first."""
+# ---------------------------------------------------------------------------------------- the schema
+@dataclass(frozen=True)
+class Setting:
+    """One setting of train.py: a field of GPTConfig ('model') or TrainConfig ('train').
+
+    The one place a value is checked: argparse (through `check`), config files, presets, sweeps and
+    both searches call `check`; GPTConfig/TrainConfig.__post_init__ then check combinations."""
+    name: str
+    owner: str          # "model" | "train"
+    default: object
+    type: type          # bool, int, float, str or list (a per-layer list of registry names)
+    help: str
+    group: str          # the --help group
+    registry: str | None = None           # the registry kind whose names the value takes
+    fixed_choices: tuple | None = None    # or a fixed set of values
+    layerlist_of: str | None = None       # the field a per-layer list overrides
+
+    @property
+    def choices(self) -> list | None:
+        if self.registry is not None:
+            from variations.registry import names
+            return names(self.registry)
+        return list(self.fixed_choices) if self.fixed_choices is not None else None
+
+    def check(self, value, where: str = ""):
+        """The value as train.py takes it, or a one-line UserError prefixed with `where`.
+        Numbers written as strings (YAML reads 1e-3 as a string) are parsed as a flag would be; a
+        per-layer list may be given as one space-separated string; registry names are normalised
+        and must be registered (the closest one is named otherwise)."""
+        at = f"{where}: " if where else ""
+        if value is None:
+            return None
+        typ = self.type
+        if typ in (int, float) and isinstance(value, str):
+            try:
+                value = typ(value)
+            except ValueError:
+                pass  # reported as a wrong type below
+        if typ is list and isinstance(value, str):
+            value = value.split()
+        ok = {bool: lambda v: isinstance(v, bool),
+              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+              float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              str: lambda v: isinstance(v, str),
+              list: lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)}[typ](value)
+        if not ok:
+            what = "a non-empty list of names" if typ is list else typ.__name__
+            raise UserError(f"{at}setting '{self.name}' must be {what}, got {value!r}")
+        if typ is float:
+            value = float(value)
+        if self.registry is not None:
+            from variations.registry import get, normalize
+            for v in value if isinstance(value, list) else [value]:
+                try:
+                    get(self.registry, v)
+                except UserError as e:
+                    raise UserError(f"{at}{e}" if where else f"setting '{self.name}': {e}") from None
+            return [normalize(v) for v in value] if isinstance(value, list) else normalize(value)
+        if self.fixed_choices is not None and value not in self.fixed_choices:
+            raise UserError(at + unknown_name_message(f"value for '{self.name}'", str(value), self.fixed_choices))
+        return value
+
+
+@functools.lru_cache(maxsize=None)
+def _schema() -> dict[str, Setting]:
     specs = {}
     for owner, cls in (("model", GPTConfig), ("train", TrainConfig)):
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             if not f.init:
                 continue
-            default = f.default if f.default is not MISSING else None
-            specs[f.name] = (owner, default, _base_type(hints[f.name]), dict(f.metadata))
+            meta = f.metadata
+            specs[f.name] = Setting(
+                name=f.name, owner=owner, default=f.default if f.default is not MISSING else None,
+                type=_base_type(hints[f.name]), help=meta.get("help", ""),
+                group="model" if owner == "model" else meta["group"], registry=meta.get("registry"),
+                fixed_choices=tuple(meta["choices"]) if "choices" in meta else None,
+                layerlist_of=meta.get("layerlist_of"))
     return specs
 
 
-def _choices(meta: dict) -> list[str] | None:
-    if "registry" in meta:
-        from variations.registry import names
-        return names(meta["registry"])
-    return list(meta["choices"]) if "choices" in meta else None
+def schema() -> dict[str, Setting]:
+    """name -> Setting for every setting of train.py, model settings first."""
+    return dict(_schema())
 
 
-def coerce(name: str, value):
-    """Check a value from a config file or preset against the flag's type and choices."""
-    specs = _field_specs()
+def setting(name: str, where: str = "") -> Setting:
+    """The Setting called `name`; an unknown name is a UserError naming the closest one."""
+    specs = _schema()
     if name not in specs:
-        raise UserError(unknown_name_message("setting", name, specs))
-    _, _, typ, meta = specs[name]
-    if value is None:
-        return None
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str),
-          list: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)}[typ](value)
-    if not ok:
-        what = "a list of names" if typ is list else typ.__name__
-        raise UserError(f"setting '{name}' must be {what}, got {value!r}")
-    if typ is float:
-        value = float(value)
-    choices = _choices(meta)
-    if choices is not None and "registry" not in meta and value not in choices:
-        raise UserError(unknown_name_message(f"value for '{name}'", value, choices))
-    return value
+        at = f"{where}: " if where else ""
+        raise UserError(at + unknown_name_message("setting", str(name), specs)
+                        + " (python train.py --help lists every setting)")
+    return specs[name]
+
+
+def check(name: str, value, where: str = ""):
+    """`value` for setting `name` as train.py would accept it (see Setting.check)."""
+    return setting(name, where).check(value, where)
+
+
+# train.py arguments that are not settings but name other settings: a preset, a config file
+LAUNCH_ARGS = ("preset", "config")
+
+
+def check_launch_arg(name: str, value, where: str = ""):
+    """A setting, or one of LAUNCH_ARGS (a preset name; a config file, which is read and checked)."""
+    at = f"{where}: " if where else ""
+    if name == "preset":
+        if value not in PRESETS:
+            raise UserError(at + unknown_name_message("preset", str(value), PRESETS))
+        return value
+    if name == "config":
+        if not isinstance(value, str):
+            raise UserError(f"{at}'config' must be a file path, got {value!r}")
+        try:
+            load_config_file(value)
+        except UserError as e:
+            raise UserError(f"{at}{e}") from None
+        return value
+    return check(name, value, where)
+
+
+def settings_problem(settings: dict) -> str | None:
+    """None when train.py would accept these flat settings as a model and training configuration
+    (each value, then GPTConfig and TrainConfig as a whole), else the reason in one line."""
+    try:
+        checked = {k: check(k, v) for k, v in settings.items()}
+        GPTConfig(**{k: v for k, v in checked.items() if _schema()[k].owner == "model"})
+        TrainConfig(**{**{k: v for k, v in checked.items() if _schema()[k].owner == "train"}, "out_dir": "unused"})
+    except UserError as e:
+        return str(e)
+    except (TypeError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def load_config_file(path: str) -> dict:
@@ -178,58 +272,47 @@ def load_config_file(path: str) -> dict:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of setting: value, got {type(data).__name__}")
-    try:
-        return {k: coerce(k, v) for k, v in data.items()}
-    except UserError as e:
-        raise UserError(f"config file {path}: {e}") from None
+    return {k: check(k, v, f"config file {path}") for k, v in data.items()}
 
 
-def _choice_type(typ, choices_of, what: str):
-    """argparse `type` that checks a value against choices, naming the closest valid one."""
+def _flag_type(spec: Setting):
+    """argparse `type` of a flag: parse the text, then Setting.check (a bad value names the closest one)."""
     def convert(text: str):
-        choices = choices_of()
-        value = typ(text)
-        if isinstance(value, str) and what in _registry_kinds():
-            from variations.registry import normalize
-            value = normalize(value)
-        if value not in choices:
-            raise argparse.ArgumentTypeError(unknown_name_message(what, text, choices))
-        return value
-    convert.__name__ = typ.__name__
+        try:
+            return spec.check(spec.type(text) if spec.type in (int, float) else text)
+        except ValueError as e:  # UserError is a ValueError
+            raise argparse.ArgumentTypeError(str(e).removeprefix(f"setting '{spec.name}': ")) from None
+    convert.__name__ = spec.type.__name__ if spec.type is not list else "name"
     return convert
 
 
-def _registry_kinds():
-    from variations.registry import KINDS
-    return KINDS
+def _preset_type(text: str) -> str:
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(unknown_name_message("preset", text, PRESETS))
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="train.py", allow_abbrev=False,
                         description="Train a GPT assembled from registry components on a memmapped data set.")
     p.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
-    p.add_argument("--preset", type=_choice_type(str, lambda: sorted(PRESETS), "preset"),
-                   metavar="{" + ",".join(sorted(PRESETS)) + "}",
+    p.add_argument("--preset", type=_preset_type, metavar="{" + ",".join(sorted(PRESETS)) + "}",
                    help="named starting point (config file and flags override it)")
     p.add_argument("--list_variants", action="store_true", help="print every registered component and exit")
     groups = {g: p.add_argument_group(g) for g in ("model", "data", "training", "fine-tuning", "logging", "system")}
-    for name, (owner, default, typ, meta) in _field_specs().items():
-        group = groups["model" if owner == "model" else meta["group"]]
-        help_text = meta.get("help", "") + (f" (default: {default})" if default is not None else "")
+    for spec in _schema().values():
+        default = spec.default
+        help_text = spec.help + (f" (default: {default})" if default is not None else "")
         kwargs = dict(help=help_text, default=argparse.SUPPRESS)  # SUPPRESS: only typed flags appear
-        if typ is bool:
+        if spec.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif typ is list:  # a per-layer list of registry names: --attention_variant_layerlist causal linear
-            kwargs["nargs"] = "+"
-            kwargs["type"] = _choice_type(str, lambda meta=meta: _choices(meta), meta["registry"])
-            kwargs["metavar"] = "NAME"
-        elif _choices(meta) is not None:
-            kwargs["type"] = _choice_type(typ, lambda meta=meta: _choices(meta), meta.get("registry", f"value of --{name}"))
-            kwargs["metavar"] = "{" + ",".join(_choices(meta)) + "}"
+        elif spec.type is list:  # a per-layer list of registry names: --attention_variant_layerlist causal linear
+            kwargs.update(nargs="+", type=_flag_type(Setting(**{**spec.__dict__, "type": str})), metavar="NAME")
         else:
-            kwargs["type"] = typ
-            kwargs["metavar"] = typ.__name__.upper()
-        group.add_argument(f"--{name}", **kwargs)
+            kwargs["type"] = _flag_type(spec)
+            choices = spec.choices
+            kwargs["metavar"] = "{" + ",".join(choices) + "}" if choices is not None else spec.type.__name__.upper()
+        groups[spec.group].add_argument(f"--{spec.name}", **kwargs)
     return p
 
 
@@ -253,9 +336,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if config_path:
         merged.update(load_config_file(config_path))
     merged.update(ns)
-    specs = _field_specs()
-    model = {k: v for k, v in merged.items() if specs[k][0] == "model"}
-    train = {k: v for k, v in merged.items() if specs[k][0] == "train"}
+    specs = _schema()
+    model = {k: v for k, v in merged.items() if specs[k].owner == "model"}
+    train = {k: v for k, v in merged.items() if specs[k].owner == "train"}
     return Settings(model=model, train=train, list_variants=list_variants)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from errors import UserError
 from io_utils import atomic_write_bytes
+from run_dir import METRICS, TENSORBOARD
 
 
 def summary_writer_class():
@@ -31,12 +32,12 @@ class Reporter:
 
     def __init__(self, out_dir: Path, total: int, start: int, enabled: bool, tensorboard: bool = False):
         self.enabled = enabled
-        self.metrics_path = out_dir / "metrics.jsonl"
+        self.metrics_path = out_dir / METRICS
         self.progress = self.writer = None
         if not enabled:
             return
         if tensorboard:  # a resumed run drops the events logged after its checkpoint's step
-            self.writer = summary_writer_class()(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None,
+            self.writer = summary_writer_class()(str(out_dir / TENSORBOARD), purge_step=start + 1 if start else None,
                                                  flush_secs=30)
         from rich.console import Console
         self.console = Console()

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from analysis.inspect_ckpts import compile_filter, console_for_tables
 from errors import ArgumentParser, UserError, run_cli
 from io_utils import atomic_write_bytes, atomic_write_json, load_checkpoint
+from run_dir import resolve_checkpoint
 
 # the statistics of one tensor, with their headers; derived numbers are added by tensor_stats in this order
 STATS = {"shape": "shape", "numel": "numel", "mean": "mean", "std": "std", "min": "min", "max": "max",
@@ -45,15 +46,7 @@ HIST_BINS = 100
 # ---------------------------------------------------------------------------------------- loading
 def checkpoint_path(path: Path | str, which: str = "best") -> Path:
     """A checkpoint file as given, or a run directory's ckpt_<which>.pt (best falls back to last)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass a run directory or a checkpoint file (ckpt_best.pt)")
-    if path.is_file():
-        return path
-    chosen = path / f"ckpt_{which}.pt"
-    if which == "best" and not chosen.exists() and (path / "ckpt_last.pt").exists():
-        chosen = path / "ckpt_last.pt"
-    return chosen  # load_checkpoint names a missing one
+    return resolve_checkpoint(path, which)  # load_checkpoint names a missing one
 
 
 def load_weights(path: Path | str, which: str = "best") -> tuple[Path, dict]:

@@ -19,15 +19,15 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from errors import ArgumentParser, UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab
-from io_utils import read_json
+from run_dir import CONFIG, RunDir
 from variations.cost import cost_table, group_by_component, per_token_summary
 
 
 def model_config_of(args) -> GPTConfig:
     if args.out_dir:
-        config = read_json(Path(args.out_dir) / "config.json", "run configuration")
+        config = RunDir(args.out_dir).read_config()
         if "model" not in config:
-            raise UserError(f"{args.out_dir}/config.json has no 'model' section; is it a ppa-gpt run directory?")
+            raise UserError(f"{RunDir(args.out_dir).file(CONFIG)} has no 'model' section; is it a ppa-gpt run directory?")
         return GPTConfig.from_dict(config["model"])
     import train_args
     settings = train_args.parse_args(["--config", args.config])

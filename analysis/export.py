@@ -36,8 +36,9 @@ import torch
 
 from errors import ArgumentParser, UserError, run_cli
 from gpt_conf import LINEAR_SITES, GPTConfig
-from io_utils import load_checkpoint, read_json
+from io_utils import load_checkpoint
 from model import GPT
+from run_dir import CHECKPOINT_CHOICES, META, RunDir
 from variations.registry import all_knobs, variant_knobs
 
 FORMATS = ("safetensors", "hf")
@@ -266,19 +267,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out_dir", required=True, help="run directory written by train.py")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="safetensors: any model, our names; hf: a transformers LlamaForCausalLM folder")
-    p.add_argument("--ckpt", choices=("best", "last"), default="best", help="which checkpoint of the run")
+    p.add_argument("--ckpt", choices=CHECKPOINT_CHOICES, default="best", help="which checkpoint of the run")
     p.add_argument("--dest", help="folder to write; default OUT_DIR/export/FORMAT")
     p.add_argument("--overwrite", action="store_true", help="replace --dest if it already holds files")
     args = p.parse_args(argv)
     out_dir = Path(args.out_dir)
     if not out_dir.is_dir():
         raise UserError(f"run directory {out_dir} not found; train one with: python train.py --out_dir {out_dir}")
-    path = out_dir / f"ckpt_{args.ckpt}.pt"
-    if args.ckpt == "best" and not path.exists() and (out_dir / "ckpt_last.pt").exists():
-        path = out_dir / "ckpt_last.pt"
+    run = RunDir(out_dir)
+    path = run.checkpoint_path(args.ckpt)
     ckpt = load_checkpoint(path)
     model = GPT.from_checkpoint(ckpt).eval()
-    meta = read_json(out_dir / "meta.json", "tokenizer description") if (out_dir / "meta.json").exists() else None
+    meta = run.read_meta() if run.file(META).exists() else None
     dest = Path(args.dest) if args.dest else out_dir / "export" / args.format
     result = {"format": args.format, "dest": str(dest), "checkpoint": str(path), "iter_num": ckpt.get("iter_num")}
     if args.format == "safetensors":

@@ -29,10 +29,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from analysis.summarize_runs import fmt, sort_rows
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
-from io_utils import atomic_write_bytes, atomic_write_json, load_checkpoint, read_json
+from io_utils import atomic_write_bytes, atomic_write_json, load_checkpoint
+from run_dir import CKPT_BEST, CKPT_LAST, CONFIG, SUMMARY, RunDir
 
-CHECKPOINTS = ("ckpt_last.pt", "ckpt_best.pt")  # last first: it holds the latest iteration and best loss
-RUN_MARKERS = ("summary.json", *CHECKPOINTS)
+CHECKPOINTS = (CKPT_LAST, CKPT_BEST)  # last first: it holds the latest iteration and best loss
+RUN_MARKERS = (SUMMARY, *CHECKPOINTS)
 # columns every row has, with their headers; the settings that differ between the runs follow them
 COLUMNS = {"run": "run", "status": "status", "best_val_loss": "best val", "best_iter": "at", "iter": "iter",
            "num_params": "params", "source": "read from"}
@@ -72,18 +73,13 @@ def find_runs(root: Path | str, pattern: str | None = None, markers: tuple[str, 
 
 
 def checkpoint_of(run_dir: Path) -> Path | None:
-    return next((run_dir / n for n in CHECKPOINTS if (run_dir / n).is_file()), None)
+    return RunDir(run_dir).latest_checkpoint_path()
 
 
 # ---------------------------------------------------------------------------------------- one run
-def _json_or_none(path: Path) -> dict | None:
+def _json_or_none(run: RunDir, name: str) -> dict | None:
     """A small JSON file of the run, or None when it is missing or unreadable (the checkpoint stands in)."""
-    if not path.is_file():
-        return None
-    try:
-        value = read_json(path)
-    except UserError:
-        return None
+    value = run.read_json_or_none(name)
     return value if isinstance(value, dict) else None
 
 
@@ -99,8 +95,8 @@ def params_of(model_config: dict) -> int:
 
 def read_run(name: str, run_dir: Path, from_ckpt: bool = False) -> tuple[dict, dict]:
     """(row of COLUMNS, flat settings {key: value} of the config's model and train sections)."""
-    summary = _json_or_none(run_dir / "summary.json")
-    config = _json_or_none(run_dir / "config.json")
+    summary = _json_or_none(RunDir(run_dir), SUMMARY)
+    config = _json_or_none(RunDir(run_dir), CONFIG)
     row = {"run": name, "status": (summary or {}).get("status")}
     ckpt_path = checkpoint_of(run_dir)
     if (from_ckpt or summary is None) and ckpt_path is None:
@@ -115,7 +111,7 @@ def read_run(name: str, run_dir: Path, from_ckpt: bool = False) -> tuple[dict, d
                    num_params=params_of(ckpt["model_config"]), source=ckpt_path.name)
     else:
         row.update(best_val_loss=summary.get("best_val_loss"), best_iter=summary.get("best_iter"),
-                   iter=summary.get("iters"), num_params=summary.get("num_params"), source="summary.json")
+                   iter=summary.get("iters"), num_params=summary.get("num_params"), source=SUMMARY)
     if config is not None and not from_ckpt:
         sections = [config.get("model") or {}, config.get("train") or {}]
     elif ckpt is not None:

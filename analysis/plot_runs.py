@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from analysis.inspect_ckpts import find_runs
 from errors import ArgumentParser, UserError, run_cli
 from io_utils import atomic_write_bytes
+from run_dir import METRICS
 
 # --x choices: the metrics.jsonl key of each, and the axis label
 X_AXES = {"iter": ("iter", "iteration"), "tokens": ("tokens", "training tokens"),
@@ -36,7 +37,7 @@ X_AXES = {"iter": ("iter", "iteration"), "tokens": ("tokens", "training tokens")
 def read_metrics(run_dir: Path) -> list[dict]:
     """The JSON records of a run's metrics.jsonl (unparsable lines skipped)."""
     records = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    for line in (run_dir / METRICS).read_text().splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
@@ -69,10 +70,10 @@ def expand_runs(paths: list[str], pattern: str | None) -> list[Path]:
     """Run directories: each path that holds metrics.jsonl, else the runs below it (filtered by pattern)."""
     runs: list[Path] = []
     for p in map(Path, paths):
-        if (p / "metrics.jsonl").is_file() and pattern is None:
+        if (p / METRICS).is_file() and pattern is None:
             runs.append(p)
         else:
-            runs += [d for _, d in find_runs(p, pattern, markers=("metrics.jsonl",))]
+            runs += [d for _, d in find_runs(p, pattern, markers=(METRICS,))]
     return list(dict.fromkeys(runs))
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from errors import ArgumentParser, UserError, run_cli
+from run_dir import CONFIG, SUMMARY
 
 # summary keys shown, with their headers; model settings that differ between the runs are added after them
 COLUMNS = {"run": "run", "status": "status", "best_val_loss": "best val", "best_iter": "at", "iters": "iters",
@@ -26,14 +27,14 @@ def collect(root: Path, pattern: str | None = None) -> list[dict]:
     """One row per folder below `root` that holds a summary.json."""
     rows = []
     regex = re.compile(pattern) if pattern else None
-    for summary_path in sorted(root.rglob("summary.json")):
+    for summary_path in sorted(root.rglob(SUMMARY)):
         run_dir = summary_path.parent
         name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
         if regex and not regex.search(name):
             continue
         try:
             row = {"run": name, **json.loads(summary_path.read_text())}
-            config_path = run_dir / "config.json"
+            config_path = run_dir / CONFIG
             if config_path.exists():
                 model = json.loads(config_path.read_text()).get("model", {})
                 row.update({k: v for k, v in model.items() if k not in row})

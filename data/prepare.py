@@ -16,7 +16,6 @@ folder is complete and consistent before training.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from pathlib import Path

@@ -132,14 +132,11 @@ class SearchSpec:
 
 
 def param_type(name: str) -> type:
-    specs = train_args._field_specs()
-    if name not in specs:
-        raise UserError(unknown_name_message("setting", name, specs))
-    return specs[name][2]
+    return train_args.setting(name).type
 
 
 def default_value(name: str):
-    return train_args._field_specs()[name][1]
+    return train_args.setting(name).default
 
 
 def validate_spec(spec: SearchSpec) -> SearchSpec:
@@ -147,7 +144,7 @@ def validate_spec(spec: SearchSpec) -> SearchSpec:
     if not spec.params:
         raise UserError("no parameters to grow; give at least one --param NAME INCREMENT")
     for key, value in spec.baseline.items():
-        spec.baseline[key] = train_args.coerce(key, value)
+        spec.baseline[key] = train_args.check(key, value)
     for key in PER_RUN:
         spec.baseline.pop(key, None)
     problem = settings_problem(spec.baseline)
@@ -207,7 +204,7 @@ def settings_problem(settings: dict) -> str | None:
     """None when train.py would accept the settings as a model and training configuration, else why not."""
     try:
         for key, value in settings.items():
-            train_args.coerce(key, value)
+            train_args.check(key, value)
         GPTConfig(**{k: v for k, v in settings.items() if k in MODEL_FIELDS})
         TrainConfig(**{**{k: v for k, v in settings.items() if k in TRAIN_FIELDS}, "out_dir": "unused"})
     except UserError as e:
@@ -768,7 +765,7 @@ def spec_from_args(argv: list[str]) -> tuple[SearchSpec, argparse.Namespace]:
     baseline_path = None
     if isinstance(baseline, dict):
         try:
-            settings.update({k: train_args.coerce(k, v) for k, v in baseline.items()})
+            settings.update({k: train_args.check(k, v) for k, v in baseline.items()})
         except UserError as e:
             raise UserError(f"search spec {spec_path}: baseline: {e}") from None
         source.append(f"{spec_path} (baseline mapping)")
@@ -785,7 +782,7 @@ def spec_from_args(argv: list[str]) -> tuple[SearchSpec, argparse.Namespace]:
     if not isinstance(overrides, dict):
         raise UserError(f"search spec {spec_path}: overrides must be a mapping of train.py settings")
     try:
-        settings.update({k: train_args.coerce(k, v) for k, v in overrides.items()})
+        settings.update({k: train_args.check(k, v) for k, v in overrides.items()})
     except UserError as e:
         raise UserError(f"search spec {spec_path}: overrides: {e}") from None
     if train_flags:

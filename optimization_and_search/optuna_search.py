@@ -129,16 +129,11 @@ def _choice_label(value) -> str | int | float | bool | None:
 
 @functools.lru_cache(maxsize=None)
 def _specs() -> dict:
-    return train_args._field_specs()
+    return train_args.schema()
 
 
 def _setting_type(name: str):
-    return _specs()[name][2]
-
-
-@functools.lru_cache(maxsize=None)
-def _parser_actions() -> dict:
-    return {a.dest: a for a in train_args.build_parser()._actions}
+    return _specs()[name].type
 
 
 def _number(value, typ):
@@ -153,28 +148,7 @@ def _number(value, typ):
 
 def check_value(name: str, value, where: str):
     """`value` for setting `name` as train.py would accept it (types, choices, registry names)."""
-    if name == "preset":
-        if value not in train_args.PRESETS:
-            raise UserError(f"{where}: {unknown_name_message('preset', str(value), train_args.PRESETS)}")
-        return value
-    if name == "config":
-        return str(value)
-    typ = _setting_type(name)
-    if typ in (int, float):
-        value = _number(value, typ)
-    if typ is list and isinstance(value, str):
-        value = value.split()
-    try:
-        value = train_args.coerce(name, value)
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from None
-    action = _parser_actions()[name]
-    if value is not None and action.type is not None and isinstance(value, (str, list)):
-        try:  # the flag's own check: registry names (normalised), choices, with the closest valid name
-            value = [action.type(v) for v in value] if isinstance(value, list) else action.type(value)
-        except (argparse.ArgumentTypeError, ValueError) as e:
-            raise UserError(f"{where}: {e}") from None
-    return value
+    return train_args.check_launch_arg(name, value, where)
 
 
 def _check_key(name: str, where: str, allow_extra: bool) -> None:

@@ -73,7 +73,7 @@ class Sweep:
 
 # ------------------------------------------------------------------------------------------ values
 def _specs() -> dict:
-    return train_args._field_specs()
+    return train_args.schema()
 
 
 def _valid_keys() -> list[str]:
@@ -100,42 +100,7 @@ def check_key(key, where: str = "") -> None:
 
 def check_value(key: str, value, where: str = ""):
     """The value, checked against the argument's type and choices and normalised (registry names, floats)."""
-    where = _loc(where)
-    if key == "preset":
-        if value not in train_args.PRESETS:
-            guess = closest(str(value), train_args.PRESETS)
-            raise UserError(f"{where}unknown preset {value!r}" + (f"; did you mean '{guess}'?" if guess else "")
-                            + f" valid: {', '.join(sorted(train_args.PRESETS))}")
-        return value
-    if key == "config":
-        if not isinstance(value, str):
-            raise UserError(f"{where}'config' must be a file path, got {value!r}")
-        try:
-            train_args.load_config_file(value)
-        except UserError as e:
-            raise UserError(f"{where}{e}") from None
-        return value
-    _, _, typ, meta = _specs()[key]
-    if isinstance(value, str) and typ in (int, float):  # YAML reads 1e-3 as a string: parse it like a flag
-        try:
-            value = typ(value)
-        except ValueError:
-            raise UserError(f"{where}setting '{key}' must be {typ.__name__}, got {value!r}") from None
-    try:
-        value = train_args.coerce(key, value)
-    except UserError as e:
-        raise UserError(f"{where}{e}") from None
-    kind = meta.get("registry")
-    if kind is not None and value is not None:
-        from variations.registry import get, normalize
-        items = value if isinstance(value, list) else [value]
-        for v in items:
-            try:
-                get(kind, v)
-            except UserError as e:
-                raise UserError(f"{where}{e}" if where else f"setting '{key}': {e}") from None
-        value = [normalize(v) for v in value] if isinstance(value, list) else normalize(value)
-    return value
+    return train_args.check_launch_arg(key, value, where)
 
 
 def range_values(spec, where: str = "") -> list:
@@ -163,7 +128,7 @@ def range_values(spec, where: str = "") -> list:
 def values_of(key: str, raw, where: str = "") -> list:
     """The checked list of values a sweep entry `key: raw` stands for."""
     check_key(key, where)
-    is_list_setting = key in _specs() and _specs()[key][2] is list
+    is_list_setting = key in _specs() and _specs()[key].type is list
     if isinstance(raw, dict):
         if set(raw) == {"range"}:
             return [check_value(key, v, where) for v in range_values(raw["range"], f"{where}.range")]

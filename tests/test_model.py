@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-import model as model_mod
 from gpt_conf import GPTConfig
 from model import GPT, estimate_mfu, peak_flops, sample_next
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from run_dir import load_run
 import sample
 import sample_analysis
 import train
@@ -138,7 +139,7 @@ def test_records_equal_a_direct_computation(run_dir, tmp_path, temperature, top_
     assert report["settings"]["temperature"] == temperature and report["run"]["iter_num"] == 30
     assert set(report["definitions"]) == {"probability", "logit", "rank", "entropy", "top_k"}
 
-    model, tok, _ = sample.load_run(run_dir, device="cpu")
+    model, tok, _ = load_run(run_dir, device="cpu")
     ids = tok.encode(texts[0])  # 26 tokens: within block_size 32, so one forward pass sees every step's context
     with torch.no_grad():
         logits, _ = model(torch.tensor(ids[:-1])[None], all_logits=True)  # (1, T - 1, V)
@@ -266,7 +267,7 @@ def direct_eval(model, data: np.ndarray, n: int, block: int) -> float:
 def test_eval_only_equals_a_direct_cross_entropy(run_dir, char_data, capsys, plain_terminal):
     result = sample.main(cpu(run_dir, "--eval_only", "--eval_dataset", str(char_data), "--eval_max_tokens", "200",
                              "--eval_batch_size", "3"))
-    model, tok, _ = sample.load_run(run_dir, device="cpu")
+    model, tok, _ = load_run(run_dir, device="cpu")
     data = np.fromfile(char_data / "val.bin", dtype=np.uint16)
     total = direct_eval(model, data, 200, model.config.block_size)  # 6 full windows of 32 and one of 8
     n_bytes = len(tok.decode(data[1:201].tolist()).encode("utf-8"))
@@ -290,7 +291,7 @@ def test_eval_full_pass_of_train_split(run_dir, char_data, tmp_path):
     (small / "meta.json").write_text(json.dumps({**meta, "train_tokens": 1000}))
     result = sample.main(cpu(run_dir, "--eval_only", "--eval_dataset", str(small), "--eval_split", "train",
                              "--eval_output", str(tmp_path / "r.json")))
-    model, _, _ = sample.load_run(run_dir, device="cpu")
+    model, _, _ = load_run(run_dir, device="cpu")
     assert result["tokens"] == 999 and result["split"] == "train"
     assert result["loss"] == pytest.approx(direct_eval(model, data, 999, model.config.block_size) / 999, rel=1e-5)
     assert json.loads((tmp_path / "r.json").read_text()) == result

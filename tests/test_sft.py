@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sample
+from run_dir import load_run
 import train
 from data.chat_template import ROLES, ChatTemplate
 from data.sft import SFTData, assemble, pack_rows, read_conversations, split_indices
@@ -294,7 +294,7 @@ def test_fine_tuned_model_reproduces_the_completions(pretrained, tmp_path):
     evals = [r for r in read_metrics(tmp_path / "sft") if r["type"] == "eval"]
     assert all(r["sft"] is True for r in evals) and evals[-1]["train_loss"] < 0.05
     assert (tmp_path / "sft" / "meta.json").read_text() == (pretrained / "meta.json").read_text()
-    model, tok, _ = sample.load_run(tmp_path / "sft", "last")  # "best" is step 0: val loss rises as it memorises
+    model, tok, _ = load_run(tmp_path / "sft", "last")  # "best" is step 0: val loss rises as it memorises
     template = ChatTemplate(tok)
     train_idx, _ = split_indices(len(PAIRS), 0.1)
     for prompt, completion in (PAIRS[i] for i in train_idx):

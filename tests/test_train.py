@@ -3,14 +3,12 @@ SIGKILL), early stopping and limits, DDP with gloo, and every bad input a user c
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tokenizers
 
+from run_dir import load_run
 import sample
 import train
 from data import train_tokenizer as tt
@@ -247,7 +248,7 @@ def test_train_and_sample_with_bpe_data(bpe_run, tok):
     assert run_meta["tokenizer_json"] == tok.tokenizer_json
 
     shutil.rmtree(data)  # the run directory alone is enough from here on
-    model, run_tok, _ = sample.load_run(out)
+    model, run_tok, _ = load_run(out)
     assert isinstance(run_tok, BPETokenizer) and model.config.vocab_size >= VOCAB
     texts = sample.main(["--out_dir", str(out), "--start", "HAMLET. To be", "--max_new_tokens", "12",
                          "--device", "cpu", "--seed", "1"])

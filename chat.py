@@ -32,11 +32,11 @@ from rich.table import Table
 from rich.text import Text
 
 from data.chat_template import ChatTemplate
+from devices import choose_device
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from gpt_conf import GPTConfig
-from run_dir import CHECKPOINT_CHOICES, SUMMARY, RunDir, load_run
 from model import sample_next
-from train import choose_device
+from run_dir import CHECKPOINT_CHOICES, SUMMARY, RunDir, load_run
 from variations.registry import create
 
 SIZE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "vocab_size")  # rows of /params
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None, stdin=None, stdout=None) -> ChatRepl:
             raise UserError(f"--{field} {e}") from None
     if args.system is not None and not args.system.strip():
         raise UserError("--system is empty; give a message or leave the flag out")
-    device = choose_device(args.device, None)
+    device = choose_device(args.device)
     session = ChatSession(args.out_dir, args.ckpt, device, Settings(**values), args.system, args.seed)
     repl = ChatRepl(session, build_console(stdout or sys.stdout), stdin or sys.stdin)
     repl.run()

@@ -1,66 +1,20 @@
-"""Devices and processes for training: device and dtype choice, torchrun ranks, FSDP2 sharding.
+"""Processes for training: torchrun ranks and FSDP2 sharding.
 
 `Distributed` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and sets up the process
 group (nccl on CUDA, gloo on CPU), or stands for a single process. `fully_shard_model`,
 `full_state_dicts` and `load_full_state_dicts` implement --fsdp: one FSDP2 unit per Block, and
 checkpoints gathered in full on rank 0 in torch's usual layout, interchangeable with unsharded runs.
-Used by train.py; sample.py and the benchmarks use choose_device / choose_dtype.
+Used by train.py; the choice of device and dtype is devices.py's.
 """
 from __future__ import annotations
 
 import os
-import resource
-import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from devices import choose_device
 from errors import UserError
-
-
-def choose_device(name: str, local_rank: int | None) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda" and local_rank is not None:
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    return device
-
-
-def choose_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    if device.type == "mps":
-        return int(torch.mps.driver_allocated_memory())
-    try:  # Linux: this process's own high-water mark (ru_maxrss can carry a parent's peak into a child)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-    return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 class Distributed:
@@ -129,8 +83,7 @@ def full_state_dicts(model, optimizer: torch.optim.Optimizer) -> tuple[dict, dic
     """(model, optimiser) state of a sharded model gathered in full on rank 0's CPU (the other ranks
     get empty dicts; collective). The optimiser state is re-keyed from parameter names to indices,
     torch's own layout, so checkpoints of sharded and unsharded runs are interchangeable."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_sd = get_model_state_dict(model, options=options)
     if not optimizer.state:  # before the first step: get_optimizer_state_dict would take a zero step
@@ -145,8 +98,7 @@ def full_state_dicts(model, optimizer: torch.optim.Optimizer) -> tuple[dict, dic
 
 def load_full_state_dicts(model, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict):
     """Inverse of full_state_dicts: every rank holds the full state and keeps its shard."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_sd, options=options)
     if not optim_sd["state"]:  # saved before the first step (see full_state_dicts)

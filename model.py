@@ -254,34 +254,3 @@ def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | 
         keep &= ~torch.zeros_like(keep).scatter(-1, order, drop_sorted)
         probs = probabilities(keep)
     return probs
-
-
-# Dense peak throughput (FLOP/s) of common accelerators: (bf16/fp16 tensor, tf32 tensor).
-# Matched by substring of torch.cuda.get_device_name(), most specific first. Sources: vendor data sheets.
-PEAK_FLOPS = [
-    ("H100 PCIe", 756e12, 378e12), ("H100 NVL", 835e12, 418e12), ("H100", 989e12, 495e12),
-    ("H200", 989e12, 495e12), ("GH200", 989e12, 495e12), ("B200", 2250e12, 1100e12), ("B100", 1750e12, 875e12),
-    ("A100", 312e12, 156e12), ("A800", 312e12, 156e12), ("A10G", 70e12, 35e12), ("A10", 125e12, 62.5e12),
-    ("A6000", 155e12, 77e12), ("L40S", 362e12, 183e12), ("L40", 181e12, 90.5e12), ("L4", 121e12, 60e12),
-    ("RTX 4090", 165e12, 82.6e12), ("RTX 3090", 71e12, 35.6e12), ("V100", 125e12, 15.7e12),
-    ("T4", 65e12, 8.1e12), ("MI300X", 1307e12, 654e12), ("MI250", 362e12, 45e12),
-]
-
-
-def peak_flops(device: torch.device | str, dtype: torch.dtype) -> float | None:
-    """Peak FLOP/s of the device for matmuls in `dtype`, or None when unknown (CPU, MPS, other GPUs)."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, half, tf32 in PEAK_FLOPS:
-        if key in name:
-            return half if dtype in (torch.bfloat16, torch.float16) else tf32
-    return None
-
-
-def estimate_mfu(model: GPT, tokens_per_s: float, peak: float | None) -> float | None:
-    """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (None if unknown)."""
-    if not peak:
-        return None
-    return model.flops_per_token() * tokens_per_s / peak

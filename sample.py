@@ -45,13 +45,13 @@ from rich.progress import track
 from rich.table import Table
 
 import sample_analysis
-from data.prepare import load_meta
+from data.dataset import load_meta, resolve_data_dir
 from data.tokenizer import load_tokenizer
+from devices import DTYPES, autocast, choose_device, choose_dtype
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from io_utils import atomic_write_json
 from model import GPT, sampling_probs
 from run_dir import CHECKPOINT_CHOICES, load_run
-from train import choose_device, choose_dtype, resolve_data_dir
 from variations.registry import create
 
 QUIT_WORDS = ("quit",)  # --interactive ends at EOF, an empty line, or one of these
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out_dir", default="out/quickstart", help="run directory written by train.py")
     run.add_argument("--ckpt", choices=CHECKPOINT_CHOICES, default="best", help="which checkpoint of the run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    run.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+    run.add_argument("--dtype", default="auto", choices=DTYPES,
                      help="autocast dtype on CUDA (auto: bfloat16 where supported)")
 
     s = p.add_argument_group("sampling")
@@ -286,10 +286,10 @@ def main(argv: list[str] | None = None) -> list[str] | dict:
             raise UserError("--lm_eval_tasks and --eval_only are two evaluations; run them one at a time")
         return run_lm_eval(args)
     check_args(args)
-    device = choose_device(args.device, None)
+    device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
     model, tok, ckpt = load_run(args.out_dir, args.ckpt, device)
-    ctx = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype != torch.float32 else nullcontext()
+    ctx = autocast(device, dtype) if device.type == "cuda" else nullcontext()
     console = Console(highlight=False)
     if args.eval_only:
         with ctx:

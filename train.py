@@ -27,38 +27,29 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import train_args
-from data.prepare import load_meta
+from data.dataset import TokenData, load_meta, resolve_data_dir
 from data.sft import SFTData
 from data.tokenizer import load_tokenizer
-# choose_device / choose_dtype are imported from here by sample.py, chat.py and the benchmarks
-from distributed import (Distributed, choose_device, choose_dtype, full_state_dicts, fully_shard_model,  # noqa: F401
-                         load_full_state_dicts, peak_memory_bytes)
+from devices import autocast, choose_dtype, estimate_mfu, peak_flops, peak_memory_bytes
+from distributed import Distributed, full_state_dicts, fully_shard_model, load_full_state_dicts
 from errors import UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab
 from io_utils import load_checkpoint
-from model import GPT, estimate_mfu, peak_flops
+from model import GPT
 from run_dir import METRICS, RunDir, resolve_checkpoint
 from train_args import TrainConfig
 from train_log import Reporter, summary_writer_class, truncate_metrics
 from variations import kernels
 from variations.cost import cost_table, group_by_component, per_token_summary
 
-DATA_ROOT = Path(__file__).resolve().parent / "data"
 EVAL_SEED_OFFSET = 100_003  # evaluation batches come from their own generator: the same batches each eval
 
 
 # ---------------------------------------------------------------------------------------- setup
-def resolve_data_dir(dataset: str) -> Path:
-    """A path that exists as given, else a folder under data/."""
-    p = Path(dataset)
-    return p if p.is_dir() else DATA_ROOT / dataset
-
-
 def get_lr(it: int, tc: TrainConfig) -> float:
     """Linear warmup over warmup_iters, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
     if not tc.decay_lr:
@@ -70,31 +61,6 @@ def get_lr(it: int, tc: TrainConfig) -> float:
         return tc.min_lr
     ratio = (it - tc.warmup_iters) / (decay_iters - tc.warmup_iters)  # 0 -> 1
     return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (tc.learning_rate - tc.min_lr)
-
-
-# ---------------------------------------------------------------------------------------- data
-class TokenData:
-    """Random (B, T) windows from train.bin / val.bin, reading through a fresh np.memmap per batch
-    (a long-lived memmap grows the process's memory as pages are touched; nanoGPT does the same)."""
-
-    def __init__(self, meta: dict, batch_size: int, block_size: int, device: torch.device):
-        self.meta, self.batch_size, self.block_size, self.device = meta, batch_size, block_size, device
-        self.dir = Path(meta["data_dir"])
-        self.dtype = np.dtype(meta["dtype"])
-        for split in ("train", "val"):
-            n = meta[f"{split}_tokens"]
-            if n <= block_size + 1:
-                raise UserError(f"--block_size {block_size} needs more than {block_size + 1} tokens, but the "
-                                f"{split} split of {self.dir} has {n}; lower --block_size or prepare more data")
-
-    def batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        data = np.memmap(self.dir / f"{split}.bin", dtype=self.dtype, mode="r")
-        ix = torch.randint(len(data) - self.block_size - 1, (self.batch_size,), generator=generator).tolist()
-        x = torch.from_numpy(np.stack([data[i:i + self.block_size].astype(np.int64) for i in ix]))
-        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size].astype(np.int64) for i in ix]))
-        if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -125,8 +91,7 @@ class Trainer:
                                                          (tc.beta1, tc.beta2), self.device.type)
         # fp16 needs loss scaling; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
-                         else nullcontext())
+        self.autocast = autocast(self.device, self.dtype)
         if tc.sft_data:  # conversations; targets -1 outside the completions (data/sft.py)
             self.data = SFTData(tc.sft_data, load_tokenizer(meta), tc.batch_size, model_config.block_size,
                                 self.device, tc.sft_val_fraction, tc.sft_pack, model_config.vocab_size)

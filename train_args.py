@@ -23,9 +23,9 @@ from pathlib import Path
 
 from errors import ArgumentParser, UserError, unknown_name_message
 from io_utils import read_data_file
+from devices import DTYPES
 from gpt_conf import GPTConfig
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 INIT_FROM = ("scratch", "resume")  # or a run directory / checkpoint file to take the weights from
 
 

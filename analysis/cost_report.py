@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     import torch
+
     from model import GPT
     cfg = model_config_of(args)
     T = args.context or cfg.block_size

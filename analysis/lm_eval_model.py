@@ -118,8 +118,8 @@ class PPAGPTLM(TemplateLM):
     def from_run(cls, out_dir: str | Path, ckpt: str = "best", device: str = "auto", dtype: str = "auto",
                  **kwargs) -> "PPAGPTLM":
         """The model and tokenizer of a run directory (run_dir.load_run), on `device` (auto, cpu, cuda, ...)."""
+        from devices import choose_device, choose_dtype
         from run_dir import load_run
-        from train import choose_device, choose_dtype
         dev = choose_device(device, None)
         model, tokenizer, state = load_run(out_dir, ckpt, dev)
         info = {"run": str(out_dir), "ckpt": ckpt, "iter_num": state.get("iter_num"),

@@ -38,9 +38,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.kernel_timing import DTYPES, finish, fmt, fused_status, time_ms  # noqa: E402
+from devices import choose_device  # noqa: E402
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message  # noqa: E402
 from gpt_conf import GPTConfig  # noqa: E402
-from train import choose_device  # noqa: E402
 from variations.attention import causal_mask  # noqa: E402
 from variations.registry import create, names  # noqa: E402
 

@@ -11,7 +11,7 @@ what nanoGPT's `time` covers too (from one iteration's end to the next). train.p
 run are dropped (warm-up, torch.compile); mean and median over the rest are reported, and with
 --repeats R the median of the R runs.
 
-MFU: where the device's peak FLOP/s is known (CUDA GPUs in model.PEAK_FLOPS, or --peak_flops given
+MFU: where the device's peak FLOP/s is known (CUDA GPUs in devices.PEAK_FLOPS, or --peak_flops given
 through --extra) against that peak, as the run itself reports it; otherwise (CPU) the benchmark
 times a large fp32 matmul (--matmul_size, default 2048, same thread count) before each repeat and
 reports MFU "vs measured matmul peak", an attainable rather than a theoretical peak. Peak memory:
@@ -64,7 +64,8 @@ import torch  # noqa: E402
 
 import train  # noqa: E402
 import train_args  # noqa: E402
-from model import GPT, peak_flops  # noqa: E402
+from devices import DTYPES, choose_device, choose_dtype, peak_flops  # noqa: E402
+from model import GPT  # noqa: E402
 
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py")
 NANOGPT_ITER_RE = re.compile(r"^iter (\d+): loss (\S+), time ([0-9.]+)ms")
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm-up steps dropped from the start of every run before averaging (default: 5, "
                         "as nanoGPT's MFU estimate)")
     p.add_argument("--device", help="override the preset's device (cpu, cuda, cuda:N, mps, auto)")
-    p.add_argument("--dtype", choices=train_args.DTYPES, help="override the preset's dtype")
+    p.add_argument("--dtype", choices=DTYPES, help="override the preset's dtype")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: the preset's setting)")
     p.add_argument("--extra", action="append", default=[], metavar="FLAGS",
@@ -466,8 +467,8 @@ def main(argv: list[str] | None = None) -> dict:
         # resolve the settings once, as train.py will, for the nanoGPT flags and the FLOP count
         probe = our_argv(args, tmp / "probe")
         mc, tc, meta, _ = train.build_configs(train_args.parse_args(probe))
-        device = train.choose_device(tc.device, None)
-        dtype = train.choose_dtype(tc.dtype, device)
+        device = choose_device(tc.device, None)
+        dtype = choose_dtype(tc.dtype, device)
         tokens_per_iter = tc.batch_size * mc.block_size * tc.gradient_accumulation_steps
         with torch.device("meta"):
             model = GPT(mc)

@@ -61,12 +61,11 @@ if str(ROOT) not in sys.path:  # `python benchmarks/bench_variants.py` from anyw
 
 import torch  # noqa: E402
 
-import train_args  # noqa: E402
 from benchmarks.bench_train import cpu_model, device_name  # noqa: E402
+from devices import DTYPES, choose_device, choose_dtype  # noqa: E402
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message  # noqa: E402
 from gpt_conf import GPTConfig, component_flags  # noqa: E402
 from model import GPT  # noqa: E402
-from train import choose_device, choose_dtype  # noqa: E402
 from variations.cost import COUNTS, total  # noqa: E402
 from variations.registry import KINDS, names  # noqa: E402
 
@@ -88,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in SIZES.items():
         p.add_argument(f"--{name}", type=int, default=default, help=f"(default: {default})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=train_args.DTYPES,
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="auto: bfloat16 on CUDA that supports it, float16 on other CUDA, else float32; "
                         "half precision runs under autocast, as in train.py (default: auto)")
     p.add_argument("--warmup", type=int, default=3, help="untimed forward+backward passes per model (default: 3)")

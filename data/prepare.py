@@ -10,8 +10,8 @@ the last --val_fraction of the characters becomes the validation split. Run:
     python train.py --dataset mycorpus
 
 Token ids are stored as a flat array of uint16 (uint32 for vocabularies over 65535 tokens), read
-with np.memmap by train.py. meta.json records the tokenizer and the sizes; `load_meta` checks that a
-folder is complete and consistent before training.
+with np.memmap by train.py. meta.json records the tokenizer and the sizes; data/dataset.py reads a
+prepared folder back (`load_meta` checks that it is complete and consistent before training).
 """
 from __future__ import annotations
 
@@ -30,8 +30,6 @@ from data.tokenizer import TOKENIZERS, TRAIN_HINT, BPETokenizer, TiktokenTokeniz
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from io_utils import atomic_write_bytes
 
-DATA_ROOT = Path(__file__).resolve().parent
-EMBEDDED_DATASETS = ("shakespeare_char", "shakespeare")  # folders with their own prepare.py
 DOC_SEPARATOR = "\n\n"  # joins documents for tokenizers without an end-of-text token (char, byte)
 
 
@@ -170,61 +168,6 @@ def prepare(inputs: Iterable[str | Path] | str | Path, out_dir: str | Path, toke
 
 
 # ----------------------------------------------------------------------------- checking a prepared folder
-
-def prepare_command(data_dir: str | Path) -> str:
-    """The command that (re)creates `data_dir`: its own prepare.py for the embedded sets, else the generic one."""
-    data_dir = Path(data_dir)
-    script = data_dir / "prepare.py"
-    if script.is_file():
-        return f"python {script}"
-    embedded = DATA_ROOT / data_dir.name / "prepare.py"
-    if data_dir.name in EMBEDDED_DATASETS and embedded.is_file():
-        return f"python {_shown(embedded)} --out_dir {data_dir}"
-    return f"python data/prepare.py --input YOUR_TEXT --out_dir {data_dir}"
-
-
-def _shown(path: Path) -> str:
-    """`path` relative to the working directory when it is below it (shorter to read and to copy)."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def load_meta(data_dir: str | Path) -> dict:
-    """meta.json of a prepared folder, after checking train.bin and val.bin match it; adds "data_dir"."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"data directory {data_dir} not found; prepare it with: {prepare_command(data_dir)}")
-    meta_path = data_dir / "meta.json"
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path} not found (data set not prepared, or prepare was interrupted); "
-                        f"prepare it with: {prepare_command(data_dir)}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{meta_path} cannot be read as JSON ({e}); re-run: {prepare_command(data_dir)}") from None
-    needed = ("tokenizer", "vocab_size", "dtype", "train_tokens", "val_tokens")
-    missing = [k for k in needed if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise UserError(f"{meta_path} lacks {', '.join(missing)}; re-run: {prepare_command(data_dir)}")
-    if meta["dtype"] not in ("uint16", "uint32"):
-        raise UserError(f"{meta_path} has dtype '{meta['dtype']}', expected uint16 or uint32; "
-                        f"re-run: {prepare_command(data_dir)}")
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for split in ("train", "val"):
-        path = data_dir / f"{split}.bin"
-        if not path.is_file():
-            raise UserError(f"{path} not found; re-run: {prepare_command(data_dir)}")
-        size = path.stat().st_size
-        expected = meta[f"{split}_tokens"]
-        if size % itemsize or size // itemsize != expected:
-            raise UserError(f"meta.json disagrees with {path.name} ({size / itemsize:g} {meta['dtype']} tokens "
-                            f"in the file vs {expected} in meta.json); re-run prepare: {prepare_command(data_dir)}")
-        if expected == 0:
-            raise UserError(f"{path} holds no tokens; re-run prepare with more text: {prepare_command(data_dir)}")
-    return {**meta, "data_dir": str(data_dir)}
-
 
 # ----------------------------------------------------------------------------- embedded data sets
 

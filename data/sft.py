@@ -12,7 +12,7 @@ Blank lines are skipped; any other bad line is a UserError naming the file and t
 An example of L tokens gives L - 1 (input, target) pairs; one longer than block_size + 1 tokens is cut
 to its first block_size + 1, and dropped if no trained token is left (both counted in `summary`). A
 fixed share of the examples (--sft_val_fraction, at least one) is held out for validation, the same
-for every seed. A batch is drawn with the caller's generator alone, like train.py's TokenData, so a
+for every seed. A batch is drawn with the caller's generator alone, like data/dataset.py's TokenData, so a
 resumed run sees the same batches. Rows of a batch either pack several whole examples one after the
 other (--sft_pack; an example never straddles two rows, and later examples attend to earlier ones of
 their row, as in packed pre-training) or hold one example each, padded with target -1.
@@ -132,7 +132,7 @@ def assemble(examples: list[tuple[torch.Tensor, torch.Tensor]], rows: list[list[
     return x, y
 
 
-class SFTData:
+class SFTData:  # implements data.dataset.Batches
     """Batches of SFT examples with TokenData's interface: batch(split, generator) -> (x, y)."""
 
     def __init__(self, path: str | Path, tokenizer, batch_size: int, block_size: int, device: torch.device,

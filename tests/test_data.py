@@ -16,7 +16,8 @@ import pytest
 import tiktoken
 
 from data import prepare as prep
-from data.prepare import DOC_SEPARATOR, load_meta, main, prepare, token_dtype
+from data.dataset import load_meta
+from data.prepare import DOC_SEPARATOR, main, prepare, token_dtype
 from data.tokenizer import TOKENIZERS, CharTokenizer, build_tokenizer, get_encoding, load_tokenizer
 from errors import UserError, run_cli
 

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
-
-from gpt_conf import GPTConfig
-from model import GPT, estimate_mfu, peak_flops, sample_next
-
 from conftest import tiny_config
+
+from devices import estimate_mfu, peak_flops
+from gpt_conf import GPTConfig
+from model import GPT, sample_next
 
 
 def nanogpt_param_count(V, T, L, C, hidden):

@@ -86,7 +86,7 @@ def test_training_reduces_loss_and_writes_the_run_directory(char_data, tmp_path)
 
 def test_gradient_accumulation_equals_one_big_batch(char_data, tmp_path):
     """Two micro-batches of 2 sequences take the same optimiser step as one batch of those 4."""
-    from data.prepare import load_meta
+    from data.dataset import load_meta
     from gpt_conf import GPTConfig
 
     meta = load_meta(char_data)

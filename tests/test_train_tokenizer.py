@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tokenizers
+from conftest import SAMPLE_TEXT, run_script
 
-from run_dir import load_run
 import sample
 import train
 from data import train_tokenizer as tt
-from data.prepare import load_meta, prepare, read_document, shakespeare_files
+from data.dataset import load_meta
+from data.prepare import prepare, read_document, shakespeare_files
 from data.tokenizer import CHAT_SPECIAL_TOKENS, BPETokenizer, load_tokenizer
 from errors import UserError, run_cli
-
-from conftest import SAMPLE_TEXT, run_script
+from run_dir import load_run
 
 VOCAB = 512
 SPECIAL_IDS = {t: i for i, t in enumerate(CHAT_SPECIAL_TOKENS)}  # documented: ids 0..k-1 in order

@@ -1,7 +1,7 @@
 """Train a GPT on a memmapped token data set; one process, or many with torchrun.
 
     python data/shakespeare_char/prepare.py
-    python train.py --preset cpu                                   # ~5 min on 2 CPU cores
+    python train.py --preset cpu                                   # ~3 min on 2 CPU cores
     python train.py --preset cpu --softmax_variant_attn consmax --out_dir out/consmax
     python train.py --out_dir out/consmax --init_from resume       # continue a stopped run
     python train.py --init_from out/consmax --sft_data chats.jsonl --out_dir out/sft  # fine-tune (data/sft.py)

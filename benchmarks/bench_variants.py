@@ -247,9 +247,9 @@ def make_entries(kind: str, bench: Bench) -> list[Entry]:
                        "note": "the baseline normaliser on attention's explicit path (use_sdpa off)"})
         try:
             model = bench.build(GPTConfig(**{**bench.sizes, flag: baseline}))
-            switched = [m for m in model.modules() if getattr(m, "use_sdpa", False)]
+            switched = [b.attn for b in model.transformer.h if b.attn.use_sdpa]
             for m in switched:
-                m.use_sdpa = False
+                m.use_sdpa, m.uses_softmax_kernel = False, True
             if switched:
                 entry.model = model
                 entries.insert(1, entry)

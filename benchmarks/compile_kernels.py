@@ -42,24 +42,25 @@ from benchmarks.kernel_timing import write_json  # noqa: E402
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message  # noqa: E402
 from variations import triton_attention as ta  # noqa: E402
 from variations import triton_softmax as ts  # noqa: E402
+from variations import triton_transforms as tt  # noqa: E402
 
 TRITON_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # kernel -> (jit function, its tensor arguments of the data dtype, fp32 tensor/scalar arguments)
 KERNELS = {
-    "rows_fwd": (ts._rows_fwd, "X Y", "P dmax"),
-    "rows_bwd": (ts._rows_bwd, "X Y DY DX", "P DP dmax"),
-    "attn_fwd": (ta._attn_fwd, "Q K V O", "P scale dmax"),
-    "attn_bwd_dkdv": (ta._attn_bwd_dkdv, "Q K V DO DK DV", "P DP scale dmax"),
-    "attn_bwd_dq": (ta._attn_bwd_dq, "Q K V DO DQ", "P scale dmax"),
+    "rows_fwd": (ts.rows_fwd, "X Y", "P dmax"),
+    "rows_bwd": (ts.rows_bwd, "X Y DY DX", "P DP dmax"),
+    "attn_fwd": (ta.attn_fwd, "Q K V O", "P scale dmax"),
+    "attn_bwd_dkdv": (ta.attn_bwd_dkdv, "Q K V DO DK DV", "P DP scale dmax"),
+    "attn_bwd_dq": (ta.attn_bwd_dq, "Q K V DO DQ", "P scale dmax"),
 }
 
 
 def launch(kernel: str, transform: str, dtype: str, single: bool) -> tuple[dict, int]:
     """(constexprs, num_warps) as the wrappers launch them: rows of 4096 (single pass) or of twice
     SINGLE_PASS_MAX (tiled); attention with 64 x 64 tiles and head size 64."""
-    T = ts.TRANSFORMS[transform]
+    T = tt.TRANSFORMS[transform]
     if kernel.startswith("rows"):
-        block_r, block_n, single, warps = ts._launch_shape(4096 if single else 2 * ts.SINGLE_PASS_MAX)
+        block_r, block_n, single, warps = ts.launch_shape(4096 if single else 2 * ts.SINGLE_PASS_MAX)
         return dict(T=T, CAUSAL=True, WINDOWED=False, BLOCK_R=block_r, BLOCK_N=block_n, SINGLE=single), warps
     precision = "ieee" if dtype == "float32" else "tf32"
     return dict(T=T, WINDOWED=False, PRECISION=precision, UPCAST=False, BLOCK_M=64, BLOCK_N=64, BLOCK_D=64), 4
@@ -106,8 +107,8 @@ def build_parser():
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     for t in args.transforms or []:
-        if t not in ts.TRANSFORMS:
-            raise UserError(unknown_name_message("kernel transform", t, list(ts.TRANSFORMS)))
+        if t not in tt.TRANSFORMS:
+            raise UserError(unknown_name_message("kernel transform", t, list(tt.TRANSFORMS)))
     for k in args.kernels or []:
         if k not in KERNELS:
             raise UserError(unknown_name_message("kernel", k, list(KERNELS)))
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         for dtype in args.dtype:
             for kernel in args.kernels or KERNELS:
                 attention = kernel.startswith("attn")
-                transforms = args.transforms or list(ts.TRANSFORMS)
-                transforms = [t for t in transforms if not (attention and ts.is_normalising(t))]
+                transforms = args.transforms or list(tt.TRANSFORMS)
+                transforms = [t for t in transforms if not (attention and tt.is_normalising(t))]
                 if args.quick:
                     transforms = transforms[:1] if attention else ["scaled_softmax", "consmax"]
                 for t in transforms:

@@ -56,7 +56,7 @@ class ChatTemplate:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        special = getattr(tokenizer, "special_tokens", None) or {}
+        special = tokenizer.special_tokens  # declared by data.tokenizer.Tokenizer
         needed = [*ROLE_TOKENS.values(), END_TOKEN]
         if all(name in special for name in needed):
             self.layout = "special_tokens"
@@ -67,7 +67,7 @@ class ChatTemplate:
             return
         self.layout = "text"
         self.headers = {role: self._encode_marker(text) for role, text in TEXT_HEADERS.items()}
-        eot = getattr(tokenizer, "eot_token", None)
+        eot = tokenizer.eot_token
         if eot is not None:
             self.end, self.stop_token_ids, self.stop_strings = [eot], [eot], []
         else:
@@ -79,7 +79,7 @@ class ChatTemplate:
         except UserError:  # a char vocabulary without one of the marker's characters
             missing = sorted({c for c in text if not self._encodes(c)})
             raise UserError(f"the plain-text chat template needs the characters {missing!r} (in {text!r}), which "
-                            f"this {getattr(self.tokenizer, 'name', '')} tokenizer's vocabulary lacks; fine-tune a "
+                            f"this {self.tokenizer.name} tokenizer's vocabulary lacks; fine-tune a "
                             "model whose training text has them, or one with a byte or tiktoken tokenizer") from None
 
     def _encodes(self, char: str) -> bool:

@@ -119,3 +119,18 @@ def test_knobs_are_flags_and_config_fields():
     with pytest.raises(ValueError, match="declared twice"):
         from variations.registry import knob
         knob("norm_eps", 1e-3, "another default")
+
+
+# ---------------------------------------------------------------- declared capabilities
+@pytest.mark.parametrize("kind, base", [("softmax", "variations.softmax.Normalizer"),
+                                        ("attention", "variations.attention.Attention"),
+                                        ("position", "variations.position.PositionEncoding")])
+def test_every_variant_declares_its_capabilities_through_the_base_class(kind, base):
+    """Attention, the kernels and the model read capabilities (sdpa_compatible, elementwise, use_sdpa,
+    fusable, has_score_bias) as declared attributes, never by getattr/hasattr probes: every variant
+    of the kind inherits them from the kind's base class."""
+    import importlib
+    module, name = base.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    for variant in names(kind):
+        assert issubclass(get(kind, variant), cls), f"{kind} '{variant}' does not subclass {base}"

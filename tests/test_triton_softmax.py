@@ -12,6 +12,7 @@ pytest.importorskip("triton", reason="Triton is not installed (pip install trito
 
 from conftest import tiny_config  # noqa: E402
 from variations import triton_softmax as ts  # noqa: E402
+from variations import triton_transforms as tt  # noqa: E402
 from variations.attention import causal_mask  # noqa: E402
 from variations.registry import create, get, names  # noqa: E402
 
@@ -97,7 +98,7 @@ def test_tiled_path_for_long_rows(name, monkeypatch):
     limits so the interpreter runs it on a short row, with a partial last tile."""
     monkeypatch.setattr(ts, "SINGLE_PASS_MAX", 16)
     monkeypatch.setattr(ts, "LOOP_BLOCK", 16)
-    assert not ts._launch_shape(40)[2]
+    assert not ts.launch_shape(40)[2]
     check(name, scores((1, 4, 5, 40)), causal=True)
     check(name, scores((1, 4, 5, 40)), causal=True, window=20)
 
@@ -122,7 +123,7 @@ def test_every_variant_declares_its_kernel(name):
     """kernel_spec names a known transform; the elementwise flag agrees with the transform's family."""
     m = module(name)
     transform, params = m.kernel_spec(torch.zeros(2, 4, 3, 3))
-    assert transform in ts.TRANSFORMS
+    assert transform in tt.TRANSFORMS
     assert params.dim() == 2 and params.size(1) == 4 and params.dtype == torch.float32
-    assert get("softmax", name).elementwise == (not ts.is_normalising(transform))
+    assert get("softmax", name).elementwise == (not tt.is_normalising(transform))
     assert params.requires_grad == bool(list(m.parameters()))  # learned scalars stay in the autograd graph

@@ -111,8 +111,26 @@ class HeadRMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
+class Attention(nn.Module):
+    """Base of every attention variant. The class attributes are the capabilities the model and the
+    kernel dispatch read (declared, never probed): `use_sdpa` (softmax through
+    F.scaled_dot_product_attention) and `fusable` (an elementwise normaliser the fused Triton kernel
+    can apply without the score matrix). `uses_softmax_kernel`: the layer runs a registry normaliser
+    on its own path, so --softmax_kernel decides how."""
+
+    use_sdpa: bool = False
+    fusable: bool = False
+    uses_softmax_kernel: bool = False
+
+    def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cost(self, T: int) -> Cost:
+        raise NotImplementedError
+
+
 @register("attention", "causal", knobs=[QK_NORM, WINDOW_SIZE, ATTN_LOGIT_SOFTCAP, NORM_EPS])
-class CausalSelfAttention(nn.Module):
+class CausalSelfAttention(Attention):
     """Causal softmax attention (Vaswani et al., 2017) with GQA (Ainslie et al., 2023); optional QK-norm, local window, logit soft-cap.
 
     Plain softmax runs through F.scaled_dot_product_attention (FlashAttention where available);
@@ -137,11 +155,12 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = HeadRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = HeadRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.softmax = create("softmax", config.softmax_variant_attn, config)
-        self.use_sdpa = bool(getattr(self.softmax, "sdpa_compatible", False)) and self.softcap is None
+        self.use_sdpa = self.softmax.sdpa_compatible and self.softcap is None
+        self.uses_softmax_kernel = not self.use_sdpa
         # --softmax_kernel: Triton kernels for the explicit path; elementwise normalisers without a
         # soft-cap can skip the score matrix altogether (fused attention, variations/triton_attention.py)
         self.kernel = config.softmax_kernel
-        self.fusable = getattr(self.softmax, "elementwise", False) and self.softcap is None
+        self.fusable = self.softmax.elementwise and self.softcap is None
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -213,7 +232,7 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 
 
 @register("attention", "linear")
-class LinearAttention(nn.Module):
+class LinearAttention(Attention):
     """Causal linear attention (Katharopoulos et al., 2020): phi(q_i)^T S_i / phi(q_i)^T z_i, S_i = sum_{j<=i} phi(k_j) v_j^T, phi = elu + 1.
 
     No T x T matrix: S_i (hs x hs) and z_i = sum_{j<=i} phi(k_j) (hs) are running sums, computed
@@ -233,7 +252,7 @@ class LinearAttention(nn.Module):
         self.c_attn, self.c_proj = _qkv_projections(config)
         self.resid_dropout = nn.Dropout(config.dropout)
         # cost() only: whether the position encoding adds a score bias (the quadratic path)
-        self.biased = bool(getattr(get("position", config.position_variant), "has_score_bias", False))
+        self.biased = get("position", config.position_variant).has_score_bias
 
     def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -294,7 +313,7 @@ class LinearAttention(nn.Module):
 
 
 @register("attention", "identity")
-class NoAttention(nn.Module):
+class NoAttention(Attention):
     """No attention (an ablation): the sub-layer outputs zeros, so each block is its feed-forward part alone.
 
     No parameters and no cost. The output is `x * 0` rather than a fresh zero tensor so that the

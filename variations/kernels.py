@@ -71,8 +71,7 @@ def use_triton(choice: str, device: torch.device) -> bool:
 def describe(model, device: torch.device) -> str | None:
     """One line for the run log: the backend, why, and which layers take which path; None when no
     layer has a non-SDPA normaliser (the choice changes nothing)."""
-    layers = [(i, block.attn) for i, block in enumerate(model.transformer.h)
-              if hasattr(block.attn, "fusable") and not block.attn.use_sdpa]
+    layers = [(i, block.attn) for i, block in enumerate(model.transformer.h) if block.attn.uses_softmax_kernel]
     if not layers:
         return None
     backend, reason = select(model.config.softmax_kernel, torch.device(device).type)

@@ -18,8 +18,9 @@ Two families:
                softplusmax, squareplus_max): each weight is f(score) / constant, no reductions,
                which is what makes them cheap in hardware; rows do not sum to one.
 
-A class whose `sdpa_compatible` is True computes exactly the standard softmax, so attention may
-hand the whole computation to `F.scaled_dot_product_attention` (FlashAttention) instead.
+Every class subclasses `Normalizer`, whose class attributes declare what attention may do with it:
+`sdpa_compatible` (exactly the standard softmax, so attention may hand the whole computation to
+`F.scaled_dot_product_attention`, FlashAttention) and `elementwise` (the family below).
 
 Triton kernels (variations/triton_softmax.py, triton_attention.py; --softmax_kernel) compute the
 same functions fused. `kernel_spec(x) -> (transform, params)` tells them which score transform a
@@ -126,10 +127,32 @@ def _normalising_cost(n: int, extra_elementwise: int = 0, extra_exp: int = 0, ex
                 act_mem=n)
 
 
+# ---------------------------------------------------------------- the base: declared capabilities
+
+class Normalizer(nn.Module):
+    """Base of every normaliser. Its class attributes are the capabilities attention and the kernels
+    read (declared here, never probed): `sdpa_compatible` (exactly the standard softmax, so attention
+    may call F.scaled_dot_product_attention) and `elementwise` (each weight is f(score) / constant:
+    no row max or sum, so the fused attention kernel applies)."""
+
+    sdpa_compatible: bool = False
+    elementwise: bool = False
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def kernel_spec(self, x: torch.Tensor) -> tuple[str, torch.Tensor]:
+        """(Triton score transform, its (G, 4) fp32 scalars): variations/triton_softmax.py."""
+        raise NotImplementedError
+
+    def cost(self, rows: int, row_len: int) -> Cost:
+        raise NotImplementedError
+
+
 # ---------------------------------------------------------------- normalising: rows sum to one
 
 @register("softmax", "softmax")
-class Softmax(nn.Module):
+class Softmax(Normalizer):
     """Softmax: exp(x - max) / sum(exp(x - max)) over the keys (Bridle, 1990; Vaswani et al., 2017)."""
 
     sdpa_compatible = True
@@ -150,7 +173,7 @@ class Softmax(nn.Module):
 
 
 @register("softmax", "strongermax", knobs=[STRONGERMAX_BASE])
-class Strongermax(nn.Module):
+class Strongermax(Normalizer):
     """Strongermax (ReaLLM-Forge): b^(x - max) / sum(b^(x - max)), a softmax with base b = --strongermax_base.
 
     b^x = e^(x ln b), so this is softmax(x ln b): a base above e sharpens the weights (a lower
@@ -158,8 +181,6 @@ class Strongermax(nn.Module):
     softermax (computed here in one pass rather than online).
     """
 
-    sdpa_compatible = False
-    elementwise = False
 
     def __init__(self, config):
         super().__init__()
@@ -180,7 +201,7 @@ class Strongermax(nn.Module):
 
 
 @register("softmax", "softermax", knobs=[SOFTERMAX_BLOCK])
-class Softermax(nn.Module):
+class Softermax(Normalizer):
     """Softermax (Stevens et al., 2021): base-2 softmax 2^(x - max) / sum with an online max over key slices.
 
     The keys are read in slices of --softermax_block_size. Each slice raises 2 to (x - running max),
@@ -191,8 +212,6 @@ class Softermax(nn.Module):
     those of the base-2 softmax.
     """
 
-    sdpa_compatible = False
-    elementwise = False
 
     def __init__(self, config):
         super().__init__()
@@ -235,15 +254,13 @@ class Softermax(nn.Module):
 
 
 @register("softmax", "sigsoftmax")
-class SigSoftmax(nn.Module):
+class SigSoftmax(Normalizer):
     """Sigsoftmax (Kanai et al., 2018): exp(x) * sigmoid(x) / sum(exp(x) * sigmoid(x)) over the keys.
 
     Computed in log space as softmax(x + log sigmoid(x)), which is stable for any x (large negative
     scores do not make exp(x) and sigmoid(x) underflow separately before their product).
     """
 
-    sdpa_compatible = False
-    elementwise = False
 
     def __init__(self, config):
         super().__init__()
@@ -264,7 +281,7 @@ class SigSoftmax(nn.Module):
 # ---------------------------------------------------------------- elementwise: exp over learned constants
 
 @register("softmax", "consmax", knobs=[CONSMAX_BETA, CONSMAX_GAMMA])
-class ConSmax(nn.Module):
+class ConSmax(Normalizer):
     """ConSmax (Liu et al., 2024): exp(x - beta) / gamma with learnable scalars beta and gamma.
 
     No max and no row sum: every weight is computed on its own, which is what makes it cheap in
@@ -272,7 +289,6 @@ class ConSmax(nn.Module):
     clamped to the largest finite value of the input dtype (fp16 tops out at 65504).
     """
 
-    sdpa_compatible = False
     elementwise = True  # weights need no row max or sum (fused attention applies)
     MAX_EXPONENT = 80.0  # exp(88.7) overflows fp32; stay clear of it
 
@@ -296,7 +312,7 @@ class ConSmax(nn.Module):
 
 
 @register("softmax", "consmax_v2", knobs=[CONSMAX_BETA, CONSMAX_GAMMA])
-class ConSmaxV2(nn.Module):
+class ConSmaxV2(Normalizer):
     """ConSmax per head (ReaLLM-Forge consmax_v2, after Liu et al., 2024): exp(x - beta_h) / gamma_h, learned per head.
 
     beta and gamma have shape (n_head,) and broadcast over attention scores (B, n_head, T_q, T_k):
@@ -305,7 +321,6 @@ class ConSmaxV2(nn.Module):
     heads of beta and of gamma, which at initialisation is plain consmax.
     """
 
-    sdpa_compatible = False
     elementwise = True  # weights need no row max or sum (fused attention applies)
     MAX_EXPONENT = ConSmax.MAX_EXPONENT
 
@@ -335,7 +350,7 @@ class ConSmaxV2(nn.Module):
 
 
 @register("softmax", "saturating_consmax", knobs=[CONSMAX_BETA, CONSMAX_GAMMA, SATURATION])
-class SaturatingConSmax(nn.Module):
+class SaturatingConSmax(Normalizer):
     """Saturating ConSmax (ReaLLM-Forge): exp(z) / gamma, z = x - beta; for z > s the tangent e^s (1 + z - s) / gamma.
 
     s = --saturating_consmax_threshold. Below s this is consmax; above it the exponential is
@@ -345,7 +360,6 @@ class SaturatingConSmax(nn.Module):
     this is the linear continuation its flag help describes.) beta and gamma are learned scalars.
     """
 
-    sdpa_compatible = False
     elementwise = True  # weights need no row max or sum (fused attention applies)
 
     def __init__(self, config):
@@ -374,7 +388,7 @@ class SaturatingConSmax(nn.Module):
 # ---------------------------------------------------------------- elementwise: f(x) / constant divisor
 
 @register("softmax", "polymax", knobs=[POLYMAX_X, POLYMAX_Y, POLYMAX_POWER, POLYMAX_DIVISOR])
-class Polymax(nn.Module):
+class Polymax(Normalizer):
     """Polymax (ReaLLM-Forge): 0 for x < x0, y0 (x - x0) / (-x0) for x0 <= x < 0, x^p + y0 for x >= 0; all / divisor.
 
     x0 = --polymax_x_intercept (< 0), y0 = --polymax_y_intercept, p = --polymax_power,
@@ -383,7 +397,6 @@ class Polymax(nn.Module):
     y0 = 1, p = 2, divisor 1000) are ReaLLM-Forge's.
     """
 
-    sdpa_compatible = False
     elementwise = True  # weights need no row max or sum (fused attention applies)
 
     def __init__(self, config):
@@ -415,12 +428,12 @@ class Polymax(nn.Module):
         return power + Cost(elementwise=3 * n, div=n, cmp=2 * n, act_mem=n)
 
 
-class _ActivationOverDivisor(nn.Module):
+class _ActivationOverDivisor(Normalizer):
     """Shared body of the f(x) / divisor normalisers; a subclass sets DIVISOR and activation()."""
 
-    sdpa_compatible = False
     elementwise = True  # weights need no row max or sum (fused attention applies)
     DIVISOR: str  # the knob name of the divisor
+    b = 0.0  # a shape constant the kernel's transform reads (squareplus_max sets its own)
 
     def __init__(self, config):
         super().__init__()
@@ -438,7 +451,7 @@ class _ActivationOverDivisor(nn.Module):
 
     def kernel_spec(self, x):
         # the kernel transform of the same name as the variant; slot 2 holds a shape constant
-        return self.registry_name, _spec(x, 0.0, 0.0, getattr(self, "b", 0.0), self.divisor)
+        return self.registry_name, _spec(x, 0.0, 0.0, self.b, self.divisor)
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len

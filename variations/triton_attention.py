@@ -12,7 +12,7 @@ backward pass recomputes the scores per tile (Dao et al., 2022, "FlashAttention"
 Causal (the query of row i sits at absolute position T_k - T_q + i, as with the KV cache), optional
 local window, multi-head and grouped-query (query head h reads kv head h // (nh / nkv)), fp32 / bf16
 / fp16 inputs with fp32 accumulation. The score transforms are the jit functions of
-triton_softmax.py (`_weight`, `_weight_grad`), so both kernels compute the same formula as the torch
+triton_softmax.py (`score_weight`, `score_weight_grad`), so both kernels compute the same formula as the torch
 reference in variations/softmax.py, which tests/test_triton_attention.py checks with TRITON_INTERPRET=1.
 
 Backward: one kernel per key tile accumulates dK and dV over the query tiles (and over the query
@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from variations.triton_softmax import TRANSFORMS, _weight, _weight_grad, is_normalising
+from variations.triton_transforms import TRANSFORMS, is_normalising, score_weight, score_weight_grad
 
 
 @triton.jit
@@ -59,7 +59,7 @@ def _key_range(pid_m, t_q, t_k, window, WINDOWED: tl.constexpr, BLOCK_M: tl.cons
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, P, scale, dmax,
+def attn_fwd(Q, K, V, O, P, scale, dmax,
               sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
               n_head, group, t_q, t_k, head_dim, window, n_param_rows,
               T: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -88,7 +88,7 @@ def _attn_fwd(Q, K, V, O, P, scale, dmax,
             kt = kt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=PRECISION) * scale  # (BLOCK_M, BLOCK_N) fp32
         keep = _visible(offs_m, offs_n, t_q, t_k, window, WINDOWED)
-        w = tl.where(keep, tl.minimum(_weight(tl.where(keep, s, 0.0), T, p0, p1, p2, p3), dmax), 0.0)
+        w = tl.where(keep, tl.minimum(score_weight(tl.where(keep, s, 0.0), T, p0, p1, p2, p3), dmax), 0.0)
         v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
                     other=0.0)  # (BLOCK_N, BLOCK_D)
         if UPCAST:
@@ -99,7 +99,7 @@ def _attn_fwd(Q, K, V, O, P, scale, dmax,
 
 
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, P, DP, scale, dmax,
+def attn_bwd_dkdv(Q, K, V, DO, DK, DV, P, DP, scale, dmax,
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdob, sdoh, sdot,
                    n_head, group, t_q, t_k, head_dim, window, n_param_rows, n_kv_head,
                    T: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -138,7 +138,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, P, DP, scale, dmax,
                 q, do = q.to(tl.float32), do.to(tl.float32)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (BLOCK_M, BLOCK_N)
             keep = _visible(offs_m, offs_n, t_q, t_k, window, WINDOWED)
-            y, dyds, dy0, dy1 = _weight_grad(tl.where(keep, s, 0.0), T, p0, p1, p2, p3)
+            y, dyds, dy0, dy1 = score_weight_grad(tl.where(keep, s, 0.0), T, p0, p1, p2, p3)
             live = keep & (y <= dmax)
             w = tl.where(keep, tl.minimum(y, dmax), 0.0)
             dv += tl.dot(tl.trans(w.to(do.dtype)), do, input_precision=PRECISION)
@@ -156,7 +156,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, P, DP, scale, dmax,
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, DO, DQ, P, scale, dmax,
+def attn_bwd_dq(Q, K, V, DO, DQ, P, scale, dmax,
                  sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdob, sdoh, sdot,
                  n_head, group, t_q, t_k, head_dim, window, n_param_rows,
                  T: tl.constexpr, WINDOWED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -187,7 +187,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, P, scale, dmax,
             k, v = k.to(tl.float32), v.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         keep = _visible(offs_m, offs_n, t_q, t_k, window, WINDOWED)
-        y, dyds, _, _ = _weight_grad(tl.where(keep, s, 0.0), T, p0, p1, p2, p3)
+        y, dyds, _, _ = score_weight_grad(tl.where(keep, s, 0.0), T, p0, p1, p2, p3)
         dw = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = tl.where(keep & (y <= dmax), dw * dyds, 0.0)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -223,7 +223,7 @@ class _FusedAttention(torch.autograd.Function):
         dmax = torch.finfo(q.dtype).max
         T, windowed = TRANSFORMS[transform], window is not None
         grid = (triton.cdiv(t_q, kw["BLOCK_M"]), B * nh)
-        _attn_fwd[grid](q, k, v, out, params, scale, dmax, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        attn_fwd[grid](q, k, v, out, params, scale, dmax, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
                         nh, nh // nkv, t_q, t_k, hs, window or 0, params.size(0), T=T, WINDOWED=windowed, **kw)
         ctx.save_for_backward(q, k, v, params)
         ctx.settings = (transform, scale, window, block)
@@ -246,9 +246,9 @@ class _FusedAttention(torch.autograd.Function):
         n_tiles = triton.cdiv(t_k, kw["BLOCK_N"])
         dp = torch.zeros(B, nh, n_tiles, 2, device=q.device, dtype=torch.float32)
         common = (scale, dmax, *_strides(q), *_strides(k), *_strides(v), *_strides(do))
-        _attn_bwd_dkdv[(n_tiles, B * nkv)](q, k, v, do, dk, dv, params, dp, *common, nh, nh // nkv, t_q, t_k, hs,
+        attn_bwd_dkdv[(n_tiles, B * nkv)](q, k, v, do, dk, dv, params, dp, *common, nh, nh // nkv, t_q, t_k, hs,
                                            window or 0, params.size(0), nkv, T=T, WINDOWED=windowed, **kw)
-        _attn_bwd_dq[(triton.cdiv(t_q, kw["BLOCK_M"]), B * nh)](q, k, v, do, dq, params, *common, nh, nh // nkv,
+        attn_bwd_dq[(triton.cdiv(t_q, kw["BLOCK_M"]), B * nh)](q, k, v, do, dq, params, *common, nh, nh // nkv,
                                                                t_q, t_k, hs, window or 0, params.size(0),
                                                                T=T, WINDOWED=windowed, **kw)
         dparams = None

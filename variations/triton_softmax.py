@@ -1,7 +1,7 @@
 """Triton kernels for the attention normalisers of variations/softmax.py: fused row kernels.
 
 One forward and one backward kernel serve every variant: the score transform is a compile-time
-constant (`TRANSFORMS` below), so each variant gets its own specialised kernel. A row of scores is
+constant (`TRANSFORMS`, variations/triton_transforms.py), so each variant gets its own specialised kernel. A row of scores is
 read once, the causal (and window) mask is computed from the row and column indices inside the
 kernel, and the weights are written once; the backward pass reads the saved tensor and the upstream
 gradient once each. Math is fp32 whatever the input dtype (fp32, bf16, fp16); results are clamped to
@@ -18,152 +18,15 @@ slot 0 beta, slot 1 gamma), so gradients of learned scalars flow back through `p
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
 
-# name -> compile-time id. Ids below NORMALISING_LIMIT normalise each row (max and sum reductions).
-TRANSFORMS = {
-    "scaled_softmax": 0,  # softmax(p0 * s): softmax (p0 = 1), strongermax (ln b), softermax (ln 2)
-    "sigsoftmax": 1,      # softmax(s + log sigmoid(s))
-    "consmax": 2,         # exp(min(s - p0, 80)) / p1
-    "saturating_consmax": 3,  # z = s - p0, exp(min(z, p2)) (1 + z - min(z, p2)) / p1
-    "polymax": 4,         # 0 | p1 (s - p0) / -p0 | s^p2 + p1, all / p3
-    "relumax": 5,         # relu(s) / p3
-    "relu2max": 6,        # relu(s)^2 / p3
-    "sigmoidmax": 7,      # sigmoid(s) / p3
-    "softplusmax": 8,     # softplus(s) / p3 (linear above 20, as F.softplus)
-    "squareplus_max": 9,  # (s + sqrt(s^2 + p2)) / 2 / p3
-}
-NORMALISING_LIMIT = 2
-CONSMAX_MAX_EXPONENT = 80.0  # variations.softmax.ConSmax.MAX_EXPONENT
+from variations.triton_transforms import (NORMALISING_LIMIT, TRANSFORMS, score_logit, score_weight,
+                                          score_weight_grad)
+
 SINGLE_PASS_MAX = 8192  # rows up to this length are held in registers: one read, one write
 LOOP_BLOCK = 4096  # longer rows are read in tiles of this many columns (two passes)
-
-
-def is_normalising(transform: str) -> bool:
-    return TRANSFORMS[transform] < NORMALISING_LIMIT
-
-
-# ---------------------------------------------------------------- score transforms (shared with triton_attention)
-
-@triton.jit
-def _log1p(u):
-    """log(1 + u) for u >= 0, accurate for tiny u (Goldberg's trick: the rounding of 1 + u cancels)."""
-    w = 1.0 + u
-    return tl.where(w == 1.0, u, tl.log(w) * u / (w - 1.0))
-
-
-@triton.jit
-def _sigmoid(s):
-    return 1.0 / (1.0 + tl.exp(-s))
-
-
-@triton.jit
-def _softplus(s):
-    """ln(1 + e^s) = max(s, 0) + ln(1 + e^-|s|); s itself above 20, as F.softplus."""
-    sp = tl.maximum(s, 0.0) + _log1p(tl.exp(-tl.abs(s)))
-    return tl.where(s > 20.0, s, sp)
-
-
-@triton.jit
-def _logit(s, T: tl.constexpr, p0):
-    """Normalising family: (z, dz/ds), the log-domain score whose softmax is the weight."""
-    if T == 0:
-        z = s * p0
-        dz = tl.full(s.shape, 1.0, tl.float32) * p0
-    else:  # sigsoftmax: z = s + log sigmoid(s), dz/ds = 1 + sigmoid(-s)
-        z = s + tl.minimum(s, 0.0) - _log1p(tl.exp(-tl.abs(s)))
-        dz = 1.0 + _sigmoid(-s)
-    return z, dz
-
-
-@triton.jit
-def _weight(s, T: tl.constexpr, p0, p1, p2, p3):
-    """Elementwise family: the weight f(s) / divisor."""
-    if T == 2:
-        y = tl.exp(tl.minimum(s - p0, 80.0)) / p1
-    elif T == 3:
-        z = s - p0
-        zs = tl.minimum(z, p2)
-        y = tl.exp(zs) * (1.0 + z - zs) / p1
-    elif T == 4:
-        pos = tl.maximum(s, 0.0)
-        power = tl.where(pos > 0.0, tl.exp(p2 * tl.log(tl.maximum(pos, 1e-30))), 0.0)
-        y = tl.where(s < p0, 0.0, tl.where(s < 0.0, p1 * (s - p0) / (-p0), power + p1)) / p3
-    elif T == 5:
-        y = tl.maximum(s, 0.0) / p3
-    elif T == 6:
-        r = tl.maximum(s, 0.0)
-        y = r * r / p3
-    elif T == 7:
-        y = _sigmoid(s) / p3
-    elif T == 8:
-        y = _softplus(s) / p3
-    else:
-        r = tl.sqrt(s * s + p2)
-        y = tl.where(s >= 0.0, 0.5 * (s + r), 0.5 * p2 / (r - tl.minimum(s, 0.0))) / p3
-    return y
-
-
-@triton.jit
-def _weight_grad(s, T: tl.constexpr, p0, p1, p2, p3):
-    """Elementwise family: (y, dy/ds, dy/dp0, dy/dp1); the last two are zero for constant slots."""
-    zero = tl.zeros(s.shape, tl.float32)
-    if T == 2:
-        z = s - p0
-        y = tl.exp(tl.minimum(z, 80.0)) / p1
-        dy = tl.where(z < 80.0, y, 0.0)  # the clamp stops the gradient, as torch.clamp does
-        d0 = -dy
-        d1 = -y / p1
-    elif T == 3:
-        z = s - p0
-        zs = tl.minimum(z, p2)
-        e = tl.exp(zs) / p1
-        y = e * (1.0 + z - zs)
-        dy = e  # e^z below the threshold, the tangent's slope e^s above it
-        d0 = -dy
-        d1 = -y / p1
-    elif T == 4:
-        pos = tl.maximum(s, 0.0)
-        logpos = tl.log(tl.maximum(pos, 1e-30))
-        power = tl.where(pos > 0.0, tl.exp(p2 * logpos), 0.0)
-        # d/ds s^p = p s^(p-1); at s = 0 it is 1 for p = 1 and 0 for p > 1
-        dpower = tl.where(pos > 0.0, p2 * tl.exp((p2 - 1.0) * logpos), tl.where(p2 == 1.0, 1.0, 0.0))
-        y = tl.where(s < p0, 0.0, tl.where(s < 0.0, p1 * (s - p0) / (-p0), power + p1)) / p3
-        dy = tl.where(s < p0, 0.0, tl.where(s < 0.0, p1 / (-p0) + zero, dpower)) / p3
-        d0 = zero
-        d1 = zero
-    elif T == 5:
-        y = tl.maximum(s, 0.0) / p3
-        dy = tl.where(s > 0.0, 1.0, 0.0) / p3
-        d0 = zero
-        d1 = zero
-    elif T == 6:
-        r = tl.maximum(s, 0.0)
-        y = r * r / p3
-        dy = 2.0 * r / p3
-        d0 = zero
-        d1 = zero
-    elif T == 7:
-        g = _sigmoid(s)
-        y = g / p3
-        dy = g * (1.0 - g) / p3
-        d0 = zero
-        d1 = zero
-    elif T == 8:
-        y = _softplus(s) / p3
-        dy = tl.where(s > 20.0, 1.0, _sigmoid(s)) / p3
-        d0 = zero
-        d1 = zero
-    else:
-        r = tl.sqrt(s * s + p2)
-        y = tl.where(s >= 0.0, 0.5 * (s + r), 0.5 * p2 / (r - tl.minimum(s, 0.0))) / p3
-        dy = 0.5 * (1.0 + s / r) / p3
-        d0 = zero
-        d1 = zero
-    return y, dy, d0, d1
 
 
 # ---------------------------------------------------------------- row kernels
@@ -192,7 +55,7 @@ def _row_params(P, rows, n_rows, q_len, n_groups):
 
 
 @triton.jit
-def _rows_fwd(X, Y, P, n_rows, n_cols, q_len, q_offset, window, n_groups, dmax,
+def rows_fwd(X, Y, P, n_rows, n_cols, q_len, q_offset, window, n_groups, dmax,
               T: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr):
     """Y[r, :] = weights of row r of X (n_rows, n_cols), both contiguous. One program: BLOCK_R rows."""
@@ -205,7 +68,7 @@ def _rows_fwd(X, Y, P, n_rows, n_cols, q_len, q_offset, window, n_groups, dmax,
             inb = (rows < n_rows) & (offs < n_cols)
             x = tl.load(X + base + offs, mask=inb, other=float("-inf")).to(tl.float32)
             keep = _keep(x, rows, offs, n_rows, n_cols, q_len, q_offset, window, CAUSAL, WINDOWED)
-            z, _ = _logit(tl.where(keep, x, 0.0), T, p0)
+            z, _ = score_logit(tl.where(keep, x, 0.0), T, p0)
             z = tl.where(keep, z, float("-inf"))
             m = tl.max(z, axis=1)[:, None]
             e = tl.where(keep, tl.exp(z - tl.where(m == float("-inf"), 0.0, m)), 0.0)
@@ -219,7 +82,7 @@ def _rows_fwd(X, Y, P, n_rows, n_cols, q_len, q_offset, window, n_groups, dmax,
                 cols = start + offs
                 x = tl.load(X + base + cols, mask=(rows < n_rows) & (cols < n_cols), other=float("-inf")).to(tl.float32)
                 keep = _keep(x, rows, cols, n_rows, n_cols, q_len, q_offset, window, CAUSAL, WINDOWED)
-                z, _ = _logit(tl.where(keep, x, 0.0), T, p0)
+                z, _ = score_logit(tl.where(keep, x, 0.0), T, p0)
                 z = tl.where(keep, z, float("-inf"))
                 m_new = tl.maximum(m, tl.max(z, axis=1)[:, None])
                 shift = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -232,7 +95,7 @@ def _rows_fwd(X, Y, P, n_rows, n_cols, q_len, q_offset, window, n_groups, dmax,
                 inb = (rows < n_rows) & (cols < n_cols)
                 x = tl.load(X + base + cols, mask=inb, other=float("-inf")).to(tl.float32)
                 keep = _keep(x, rows, cols, n_rows, n_cols, q_len, q_offset, window, CAUSAL, WINDOWED)
-                z, _ = _logit(tl.where(keep, x, 0.0), T, p0)
+                z, _ = score_logit(tl.where(keep, x, 0.0), T, p0)
                 y = tl.minimum(tl.where(keep, tl.exp(z - shift), 0.0) * inv, dmax)
                 tl.store(Y + base + cols, y.to(Y.dtype.element_ty), mask=inb)
     else:  # elementwise: every weight on its own
@@ -241,12 +104,12 @@ def _rows_fwd(X, Y, P, n_rows, n_cols, q_len, q_offset, window, n_groups, dmax,
             inb = (rows < n_rows) & (cols < n_cols)
             x = tl.load(X + base + cols, mask=inb, other=float("-inf")).to(tl.float32)
             keep = _keep(x, rows, cols, n_rows, n_cols, q_len, q_offset, window, CAUSAL, WINDOWED)
-            y = tl.where(keep, _weight(tl.where(keep, x, 0.0), T, p0, p1, p2, p3), 0.0)
+            y = tl.where(keep, score_weight(tl.where(keep, x, 0.0), T, p0, p1, p2, p3), 0.0)
             tl.store(Y + base + cols, tl.minimum(y, dmax).to(Y.dtype.element_ty), mask=inb)
 
 
 @triton.jit
-def _rows_bwd(X, Y, DY, DX, P, DP, n_rows, n_cols, q_len, q_offset, window, n_groups, dmax,
+def rows_bwd(X, Y, DY, DX, P, DP, n_rows, n_cols, q_len, q_offset, window, n_groups, dmax,
               T: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
               BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr):
     """DX = dL/dX from DY = dL/dY. Normalising: from the saved Y (and X for the transform's slope);
@@ -263,7 +126,7 @@ def _rows_bwd(X, Y, DY, DX, P, DP, n_rows, n_cols, q_len, q_offset, window, n_gr
             dot = tl.sum(y * dy, axis=1)[:, None]
             x = tl.load(X + base + offs, mask=inb, other=0.0).to(tl.float32)
             keep = _keep(x, rows, offs, n_rows, n_cols, q_len, q_offset, window, CAUSAL, WINDOWED)
-            _, dz = _logit(tl.where(keep, x, 0.0), T, p0)
+            _, dz = score_logit(tl.where(keep, x, 0.0), T, p0)
             dx = tl.where(keep, y * (dy - dot) * dz, 0.0)
             tl.store(DX + base + offs, dx.to(DX.dtype.element_ty), mask=inb)
         else:
@@ -281,7 +144,7 @@ def _rows_bwd(X, Y, DY, DX, P, DP, n_rows, n_cols, q_len, q_offset, window, n_gr
                 dy = tl.load(DY + base + cols, mask=inb, other=0.0).to(tl.float32)
                 x = tl.load(X + base + cols, mask=inb, other=0.0).to(tl.float32)
                 keep = _keep(x, rows, cols, n_rows, n_cols, q_len, q_offset, window, CAUSAL, WINDOWED)
-                _, dz = _logit(tl.where(keep, x, 0.0), T, p0)
+                _, dz = score_logit(tl.where(keep, x, 0.0), T, p0)
                 dx = tl.where(keep, y * (dy - dot) * dz, 0.0)
                 tl.store(DX + base + cols, dx.to(DX.dtype.element_ty), mask=inb)
     else:
@@ -293,7 +156,7 @@ def _rows_bwd(X, Y, DY, DX, P, DP, n_rows, n_cols, q_len, q_offset, window, n_gr
             x = tl.load(X + base + cols, mask=inb, other=float("-inf")).to(tl.float32)
             dy = tl.load(DY + base + cols, mask=inb, other=0.0).to(tl.float32)
             keep = _keep(x, rows, cols, n_rows, n_cols, q_len, q_offset, window, CAUSAL, WINDOWED)
-            y, dyds, dy0, dy1 = _weight_grad(tl.where(keep, x, 0.0), T, p0, p1, p2, p3)
+            y, dyds, dy0, dy1 = score_weight_grad(tl.where(keep, x, 0.0), T, p0, p1, p2, p3)
             live = keep & (y <= dmax)  # a weight clamped to the dtype's maximum passes no gradient
             tl.store(DX + base + cols, tl.where(live, dy * dyds, 0.0).to(DX.dtype.element_ty), mask=inb)
             d0 += tl.sum(tl.where(live, dy * dy0, 0.0), axis=1)[:, None]
@@ -304,7 +167,7 @@ def _rows_bwd(X, Y, DY, DX, P, DP, n_rows, n_cols, q_len, q_offset, window, n_gr
 
 # ---------------------------------------------------------------- autograd wrapper
 
-def _launch_shape(n_cols: int) -> tuple[int, int, bool, int]:
+def launch_shape(n_cols: int) -> tuple[int, int, bool, int]:
     """(BLOCK_R, BLOCK_N, SINGLE, num_warps): whole rows in registers up to SINGLE_PASS_MAX
     columns, several short rows per program so every program moves a few thousand elements."""
     block_n = triton.next_power_of_2(max(n_cols, 16))
@@ -326,9 +189,9 @@ class _FusedRows(torch.autograd.Function):
         y = torch.empty_like(x)
         T = TRANSFORMS[transform]
         dmax = torch.finfo(x.dtype).max
-        block_r, block_n, single, warps = _launch_shape(n_cols)
+        block_r, block_n, single, warps = launch_shape(n_cols)
         grid = (triton.cdiv(n_rows, block_r),)
-        _rows_fwd[grid](x, y, params, n_rows, n_cols, q_len, q_offset, window or 0, params.size(0), dmax,
+        rows_fwd[grid](x, y, params, n_rows, n_cols, q_len, q_offset, window or 0, params.size(0), dmax,
                         T=T, CAUSAL=causal, WINDOWED=causal and window is not None,
                         BLOCK_R=block_r, BLOCK_N=block_n, SINGLE=single, num_warps=warps)
         ctx.save_for_backward(x, y if T < NORMALISING_LIMIT else None, params)
@@ -343,9 +206,9 @@ class _FusedRows(torch.autograd.Function):
         dy = dy.contiguous()
         dx = torch.empty_like(x)
         dp = torch.zeros(n_rows, 2, device=x.device, dtype=torch.float32)
-        block_r, block_n, single, warps = _launch_shape(n_cols)
+        block_r, block_n, single, warps = launch_shape(n_cols)
         grid = (triton.cdiv(n_rows, block_r),)
-        _rows_bwd[grid](x, y if y is not None else x, dy, dx, params, dp, n_rows, n_cols, q_len, q_offset,
+        rows_bwd[grid](x, y if y is not None else x, dy, dx, params, dp, n_rows, n_cols, q_len, q_offset,
                         window or 0, params.size(0), dmax,
                         T=T, CAUSAL=causal, WINDOWED=causal and window is not None,
                         BLOCK_R=block_r, BLOCK_N=block_n, SINGLE=single, num_warps=warps)

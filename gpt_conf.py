@@ -13,7 +13,10 @@ activation and the attention softmax) cycles the listed variants over the layers
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
 import variations  # noqa: F401  (fills the registry: variant names and knobs)
@@ -23,6 +26,64 @@ from variations.registry import all_knobs, get, normalize
 
 NORM_PLACEMENTS = ("pre", "post", "peri")  # Xiong et al. 2020 (pre/post); Kim et al. 2025 (peri-LN)
 LINEAR_SITES = ("attn_qkv", "attn_proj", "mlp_up", "mlp_down")  # projections with a --linear_variant_<site>
+
+
+def base_type(annotation) -> type:
+    """int for `int`, `int | None`, `Optional[int]`."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+_TYPE_OK = {bool: lambda v: isinstance(v, bool),
+            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            str: lambda v: isinstance(v, str),
+            list: lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)}
+
+
+def check_value(name: str, value, typ: type, meta, where: str = "", flag: bool = False):
+    """The one check of a setting's value (train_args.Setting.check and GPTConfig both call it).
+
+    `meta` is the field's metadata: `registry` (the value names registered variants; normalised),
+    `choices`, `minimum`. Numbers written as strings (YAML reads 1e-3 as a string) are parsed as a
+    flag would be; a per-layer list may be one space-separated string. Returns the value as stored;
+    a bad one is a one-line UserError naming the setting (`--name` when `flag`) after `where: `."""
+    at = f"{where}: " if where else ""
+    label = f"--{name}" if flag else f"setting '{name}'"
+    if value is None:
+        return None
+    if typ in (int, float) and isinstance(value, str):
+        try:
+            value = typ(value)
+        except ValueError:
+            pass  # reported as a wrong type below
+    if typ is list and isinstance(value, str):
+        value = value.split()
+    if typ in _TYPE_OK and not _TYPE_OK[typ](value):
+        what = "a non-empty list of names" if typ is list else typ.__name__
+        raise UserError(f"{at}{label} must be {what}, got {value!r}")
+    if typ is float:
+        value = float(value)
+    kind = meta.get("registry")
+    if kind is not None:
+        for v in value if isinstance(value, list) else [value]:
+            try:
+                get(kind, v)
+            except UserError as e:
+                raise UserError(f"{at}{label}: {e}") from None
+        return [normalize(v) for v in value] if isinstance(value, list) else normalize(value)
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        what = f"value for --{name}" if flag else f"value for '{name}'"
+        raise UserError(at + unknown_name_message(what, str(value), choices))
+    minimum = meta.get("minimum")
+    if minimum is not None and value < minimum:
+        raise UserError(f"{at}{label} must be at least {minimum}, got {value}")
+    return value
+
+
+_type_hints = functools.cache(typing.get_type_hints)  # per class: __post_init__ runs for every layer
 
 
 def _f(default, help: str, **meta):
@@ -76,28 +137,10 @@ class _CoreConfig:
     softmax_variant_attn_layerlist: list = _f(None, "attention softmax per layer, cycled", registry="softmax", layerlist_of="softmax_variant_attn")
 
     def __post_init__(self):
-        for f in fields(self):
-            kind, value = f.metadata.get("registry"), getattr(self, f.name)
-            if kind is None or value is None:
-                continue
-            values = value if isinstance(value, list) else [value]
-            if isinstance(value, list) and not value:
-                raise UserError(f"--{f.name} needs at least one name")
-            checked = []
-            for v in values:
-                try:
-                    get(kind, str(v))
-                except UserError as e:
-                    raise UserError(f"--{f.name}: {e}") from None
-                checked.append(normalize(str(v)))
-            setattr(self, f.name, checked if isinstance(value, list) else checked[0])
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise UserError(f"--{f.name}: {unknown_name_message('choice', str(getattr(self, f.name)), choices)}")
-            minimum = f.metadata.get("minimum")
-            if minimum is not None and getattr(self, f.name) < minimum:
-                raise UserError(f"--{f.name} must be at least {minimum}, got {getattr(self, f.name)}")
+        hints = _type_hints(type(self))
+        for f in fields(self):  # each value, by the same check as flags, config files and sweeps
+            setattr(self, f.name, check_value(f.name, getattr(self, f.name), base_type(hints[f.name]), f.metadata,
+                                              flag=True))
 
         for name in ("n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, name) < 1:

@@ -15,7 +15,6 @@ import argparse
 import functools
 import json
 import sys
-import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 from errors import ArgumentParser, UserError, unknown_name_message
 from io_utils import read_data_file
 from devices import DTYPES
-from gpt_conf import GPTConfig
+from gpt_conf import GPTConfig, base_type, check_value
 
 INIT_FROM = ("scratch", "resume")  # or a run directory / checkpoint file to take the weights from
 
@@ -120,14 +119,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _base_type(annotation):
-    """int for `int`, `int | None`, `Optional[int]`."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0]
-    return annotation
-
-
 # ---------------------------------------------------------------------------------------- the schema
 @dataclass(frozen=True)
 class Setting:
@@ -144,6 +135,7 @@ class Setting:
     registry: str | None = None           # the registry kind whose names the value takes
     fixed_choices: tuple | None = None    # or a fixed set of values
     layerlist_of: str | None = None       # the field a per-layer list overrides
+    minimum: float | None = None          # inclusive lower bound (knobs that declare one)
 
     @property
     def choices(self) -> list | None:
@@ -157,38 +149,8 @@ class Setting:
         Numbers written as strings (YAML reads 1e-3 as a string) are parsed as a flag would be; a
         per-layer list may be given as one space-separated string; registry names are normalised
         and must be registered (the closest one is named otherwise)."""
-        at = f"{where}: " if where else ""
-        if value is None:
-            return None
-        typ = self.type
-        if typ in (int, float) and isinstance(value, str):
-            try:
-                value = typ(value)
-            except ValueError:
-                pass  # reported as a wrong type below
-        if typ is list and isinstance(value, str):
-            value = value.split()
-        ok = {bool: lambda v: isinstance(v, bool),
-              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              str: lambda v: isinstance(v, str),
-              list: lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)}[typ](value)
-        if not ok:
-            what = "a non-empty list of names" if typ is list else typ.__name__
-            raise UserError(f"{at}setting '{self.name}' must be {what}, got {value!r}")
-        if typ is float:
-            value = float(value)
-        if self.registry is not None:
-            from variations.registry import get, normalize
-            for v in value if isinstance(value, list) else [value]:
-                try:
-                    get(self.registry, v)
-                except UserError as e:
-                    raise UserError(f"{at}{e}" if where else f"setting '{self.name}': {e}") from None
-            return [normalize(v) for v in value] if isinstance(value, list) else normalize(value)
-        if self.fixed_choices is not None and value not in self.fixed_choices:
-            raise UserError(at + unknown_name_message(f"value for '{self.name}'", str(value), self.fixed_choices))
-        return value
+        meta = {"registry": self.registry, "choices": self.fixed_choices, "minimum": self.minimum}
+        return check_value(self.name, value, self.type, {k: v for k, v in meta.items() if v is not None}, where)
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,10 +164,10 @@ def _schema() -> dict[str, Setting]:
             meta = f.metadata
             specs[f.name] = Setting(
                 name=f.name, owner=owner, default=f.default if f.default is not MISSING else None,
-                type=_base_type(hints[f.name]), help=meta.get("help", ""),
+                type=base_type(hints[f.name]), help=meta.get("help", ""),
                 group="model" if owner == "model" else meta["group"], registry=meta.get("registry"),
                 fixed_choices=tuple(meta["choices"]) if "choices" in meta else None,
-                layerlist_of=meta.get("layerlist_of"))
+                layerlist_of=meta.get("layerlist_of"), minimum=meta.get("minimum"))
     return specs
 
 

@@ -28,8 +28,6 @@ import re
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.inspect_ckpts import compile_filter, console_for_tables
 from errors import ArgumentParser, UserError, run_cli

@@ -14,8 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from errors import ArgumentParser, UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab

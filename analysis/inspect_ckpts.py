@@ -24,8 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.summarize_runs import fmt, sort_rows
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message

@@ -21,8 +21,6 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.inspect_ckpts import find_runs
 from errors import ArgumentParser, UserError, run_cli

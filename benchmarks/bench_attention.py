@@ -30,22 +30,20 @@ import math
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 
-from benchmarks.kernel_timing import DTYPES, finish, fmt, fused_status, peak_bytes, saved_bytes, time_ms  # noqa: E402
-from devices import choose_device  # noqa: E402
-from errors import ArgumentParser, UserError, run_cli, unknown_name_message  # noqa: E402
-from gpt_conf import GPTConfig  # noqa: E402
-from variations import kernels  # noqa: E402
-from variations.attention import causal_mask  # noqa: E402
-from variations.registry import create, get, names  # noqa: E402
+from benchmarks.kernel_timing import DTYPES, finish, fmt, fused_status, peak_bytes, saved_bytes, time_ms
+from devices import choose_device
+from errors import ArgumentParser, UserError, run_cli, unknown_name_message
+from gpt_conf import GPTConfig
+from variations import kernels
+from variations.attention import causal_mask
+from variations.registry import create, get, names
+
 
 MODES = ("forward", "forward+backward")
 

@@ -56,16 +56,15 @@ import time
 from pathlib import Path
 from unittest import mock
 
+
+import torch
+
+import train
+import train_args
+from devices import DTYPES, choose_device, choose_dtype, peak_flops
+from model import GPT
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/bench_train.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-import train  # noqa: E402
-import train_args  # noqa: E402
-from devices import DTYPES, choose_device, choose_dtype, peak_flops  # noqa: E402
-from model import GPT  # noqa: E402
 
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py")
 NANOGPT_ITER_RE = re.compile(r"^iter (\d+): loss (\S+), time ([0-9.]+)ms")

@@ -55,19 +55,18 @@ import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
+
+import torch
+
+from benchmarks.bench_train import cpu_model, device_name
+from devices import DTYPES, choose_device, choose_dtype
+from errors import ArgumentParser, UserError, run_cli, unknown_name_message
+from gpt_conf import GPTConfig, component_flags
+from model import GPT
+from variations.cost import COUNTS, total
+from variations.registry import KINDS, names
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python benchmarks/bench_variants.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from benchmarks.bench_train import cpu_model, device_name  # noqa: E402
-from devices import DTYPES, choose_device, choose_dtype  # noqa: E402
-from errors import ArgumentParser, UserError, run_cli, unknown_name_message  # noqa: E402
-from gpt_conf import GPTConfig, component_flags  # noqa: E402
-from model import GPT  # noqa: E402
-from variations.cost import COUNTS, total  # noqa: E402
-from variations.registry import KINDS, names  # noqa: E402
 
 # Default model and batch: 4 x 256 wide at context 256; a batch of 2 sequences (512 tokens per step) keeps
 # the default run of every kind (57 models on 2026-11-21: 84 s) within the ~3 minutes wanted on 2 CPU cores

@@ -28,10 +28,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 import triton  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -43,6 +39,8 @@ from errors import ArgumentParser, UserError, run_cli, unknown_name_message  # n
 from variations import triton_attention as ta  # noqa: E402
 from variations import triton_softmax as ts  # noqa: E402
 from variations import triton_transforms as tt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TRITON_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # kernel -> (jit function, its tensor arguments of the data dtype, fp32 tensor/scalar arguments)

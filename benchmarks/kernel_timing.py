@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_train import environment as _environment  # noqa: E402
-from io_utils import atomic_write_json  # noqa: E402
-from variations import kernels  # noqa: E402
+from benchmarks.bench_train import environment as _environment
+from io_utils import atomic_write_json
+from variations import kernels
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-if __package__ in (None, ""):  # run as `python data/prepare.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 

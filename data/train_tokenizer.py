@@ -16,8 +16,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python data/train_tokenizer.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.prepare import find_input_files, read_document
 from data.tokenizer import CHAT_SPECIAL_TOKENS, train_bpe

@@ -15,10 +15,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from gpt_conf import GPTConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SAMPLE_TEXT = """First Citizen:
 Before we proceed any further, hear me speak.

@@ -66,7 +66,7 @@ def test_register_get_create_roundtrip():
         s = train_args.parse_args(["--activation_variant", "test_only_identity"])
         assert s.model["activation_variant"] == "test_only_identity"
     finally:
-        del registry._REGISTRY["activation"]["test_only_identity"]
+        registry.unregister("activation", "test_only_identity")
 
 
 def test_argparse_choices_come_from_the_registry():
@@ -134,3 +134,15 @@ def test_every_variant_declares_its_capabilities_through_the_base_class(kind, ba
     cls = getattr(importlib.import_module(module), name)
     for variant in names(kind):
         assert issubclass(get(kind, variant), cls), f"{kind} '{variant}' does not subclass {base}"
+
+
+def test_unregister_removes_a_variant_and_its_knobs():
+    @register("activation", "test_only_relu")
+    class R(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+
+    registry.unregister("activation", "test_only_relu")
+    assert "test_only_relu" not in names("activation")
+    with pytest.raises(UserError, match="unknown activation 'test_only_relu'"):
+        registry.unregister("activation", "test_only_relu")

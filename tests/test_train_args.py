@@ -9,6 +9,7 @@ import train_args
 from errors import UserError
 from gpt_conf import GPTConfig
 from train_args import PRESETS, TrainConfig, parse_args
+from variations.registry import names
 
 
 def test_every_field_is_a_flag_with_help():
@@ -79,3 +80,63 @@ def test_presets_are_valid():
 def test_flags_are_not_abbreviated():
     with pytest.raises(UserError, match="unknown flag '--n_lay'"):
         parse_args(["--n_lay", "3"])
+
+
+# ---------------------------------------------------------------- the settings schema
+def test_the_schema_describes_every_setting():
+    schema = train_args.schema()
+    owners = [spec.owner for spec in schema.values()]
+    assert owners == sorted(owners)  # model settings first, then training settings
+    lr = schema["learning_rate"]
+    assert (lr.owner, lr.type, lr.group, lr.default) == ("train", float, "training", 6e-4)
+    assert schema["softmax_variant_attn"].choices == names("softmax")
+    assert schema["dtype"].choices == ["auto", "float32", "bfloat16", "float16"]
+    assert schema["attention_variant_layerlist"].layerlist_of == "attention_variant"
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("learning_rate", "1e-3", 1e-3),          # YAML reads 1e-3 as a string
+    ("learning_rate", 3, 3.0),                # ints become floats
+    ("n_layer", "4", 4),
+    ("softmax_variant_attn", "ConSmax", "consmax"),  # registry names are normalised
+    ("attention_variant_layerlist", "causal Linear", ["causal", "linear"]),
+    ("decay_lr", False, False),
+    ("min_lr", None, None),
+])
+def test_check_accepts_and_normalises(name, value, expected):
+    assert train_args.check(name, value) == expected
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("learning_rate", "fast", "setting 'learning_rate' must be float, got 'fast'"),
+    ("n_layer", 2.5, "setting 'n_layer' must be int"),
+    ("decay_lr", "yes", "setting 'decay_lr' must be bool"),
+    ("softmax_variant_attn", "consmx", "unknown softmax 'consmx'; did you mean 'consmax'?"),
+    ("dtype", "fp16", "unknown value for 'dtype' 'fp16'"),
+    ("attention_variant_layerlist", [], "must be a non-empty list of names"),
+    ("learnng_rate", 1.0, "unknown setting 'learnng_rate'; did you mean 'learning_rate'?"),
+])
+def test_check_rejects_with_one_line(name, value, message):
+    with pytest.raises(UserError) as e:
+        train_args.check(name, value, "sweep.yaml: run 3")
+    assert message in str(e.value) and str(e.value).startswith("sweep.yaml: run 3: ")
+    assert "\n" not in str(e.value)
+
+
+def test_flags_config_files_and_launch_args_share_the_check(tmp_path):
+    (tmp_path / "c.yaml").write_text("softmax_variant_attn: ConSmax\nlearning_rate: 1e-3\n")
+    s = train_args.parse_args(["--config", str(tmp_path / "c.yaml")])
+    assert s.model["softmax_variant_attn"] == "consmax" and s.train["learning_rate"] == 1e-3
+    with pytest.raises(UserError, match="unknown softmax 'consmx'"):
+        train_args.parse_args(["--softmax_variant_attn", "consmx"])
+    assert train_args.check_launch_arg("preset", "cpu") == "cpu"
+    with pytest.raises(UserError, match="unknown preset 'cpuu'; did you mean 'cpu'?"):
+        train_args.check_launch_arg("preset", "cpuu")
+    with pytest.raises(UserError, match="config file .* not found"):
+        train_args.check_launch_arg("config", str(tmp_path / "none.yaml"))
+
+
+def test_settings_problem_checks_combinations():
+    assert train_args.settings_problem({"n_layer": 2, "n_head": 2, "n_embd": 32}) is None
+    assert "n_embd" in train_args.settings_problem({"n_head": 3, "n_embd": 32})
+    assert "learning_rate must be positive" in train_args.settings_problem({"learning_rate": -1.0})

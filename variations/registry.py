@@ -93,6 +93,16 @@ def register(kind: str, name: str, knobs: Iterable[Knob] = ()) -> Callable[[T], 
     return decorator
 
 
+def unregister(kind: str, name: str) -> None:
+    """Remove a registered variant (a variant defined for one experiment, a notebook or a test)."""
+    table = _kind_table(kind)
+    key = normalize(name)
+    if key not in table:
+        raise UserError(unknown_name_message(kind, name, table))
+    del table[key]
+    del _VARIANT_KNOBS[(kind, key)]
+
+
 def get(kind: str, name: str) -> type:
     """The class registered as `name` for `kind`; UserError with suggestions on a miss."""
     table = _kind_table(kind)

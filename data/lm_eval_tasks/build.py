@@ -21,8 +21,6 @@ import random
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data.prepare import DOC_SEPARATOR, read_document, shakespeare_files
 from errors import ArgumentParser, UserError, run_cli

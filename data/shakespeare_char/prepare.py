@@ -11,8 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data.prepare import prepare, shakespeare_files
 from errors import ArgumentParser, run_cli

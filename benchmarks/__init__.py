@@ -1,0 +1,1 @@
+"""Benchmark scripts: speed, memory and kernel figures printed and written as JSON (benchmarks/README.md)."""

@@ -108,6 +108,22 @@ class GPT(nn.Module):
             n -= sum(p.numel() for p in self.position.parameters())
         return n
 
+    def learned_constants(self, state_dict: dict | None = None) -> dict[str, float | list[float]]:
+        """The learned scalars (or per-head vectors) of the registry's normalisers, activations and
+        position encodings: ConSmax's beta and gamma, PReLU's slope, hypersphere radii, FIRE's
+        threshold, ... by parameter name, as plain numbers (summary.json's `learned_constants`).
+        Values come from `state_dict` when given (a sharded model's gathered checkpoint state)."""
+        out = {}
+        for prefix, module in self.named_modules():
+            if getattr(type(module), "registry_kind", None) not in ("softmax", "activation", "norm", "position"):
+                continue
+            for name, p in module.named_parameters(recurse=False):
+                if p.numel() <= max(self.config.n_head, 1):
+                    key = f"{prefix}.{name}"
+                    value = (state_dict[key] if state_dict is not None else p).detach().float().cpu()
+                    out[key] = value.item() if value.dim() == 0 else value.tolist()
+        return out
+
     def cost(self, T: int | None = None) -> dict[str, Cost]:
         """Hardware cost per token at context length T (default block_size), by component, forward
         pass (variations/cost.py). Keys: embedding, position, layer.<i>.<part>, final_norm, lm_head."""

@@ -66,6 +66,8 @@ SUMMARY_FIELDS: tuple[SummaryField, ...] = (
     SummaryField("world_size", True, "processes (torchrun)"),
     SummaryField("sft", False, "losses are on completion tokens only (supervised fine-tuning)"),
     SummaryField("softmax_kernel", False, "the attention normaliser's backend: triton or torch"),
+    SummaryField("learned_constants", False, "final values of the learned scalars of normalisers, activations and "
+                 "position encodings (ConSmax beta/gamma, per head for consmax_v2, PReLU slope, ...) by parameter name"),
 )
 
 

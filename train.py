@@ -102,6 +102,7 @@ class Trainer:
 
         self.iter_num, self.best_val_loss, self.best_iter = 0, float("inf"), None
         self.evals_since_best, self.wall_time_prev, self.last_val_loss = 0, 0.0, None
+        self.learned_constants: dict = {}  # as of the last checkpoint (summary.json)
         self.net = self.model
         if tc.compile:
             self.net = torch.compile(self.net)
@@ -369,6 +370,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             "device": str(trainer.device), "dtype": str(trainer.dtype).removeprefix("torch."),
             "world_size": dd.world_size, "sft": bool(tc.sft_data),
             "softmax_kernel": kernels.select(model_config.softmax_kernel, trainer.device.type)[0],
+            "learned_constants": trainer.learned_constants,
             **per_token_summary(cost_rows),
         }
 
@@ -376,6 +378,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
         state = trainer.state_dict(wall())  # collective: every rank
         if dd.master:
             run.save_checkpoint(state, best)
+            trainer.learned_constants = model.learned_constants(state["model"])  # the full state, even under FSDP
 
     try:
         while True:

@@ -91,8 +91,25 @@ def params_of(model_config: dict) -> int:
         return GPT(GPTConfig.from_dict(model_config)).num_params()
 
 
+def constants_of(ckpt: dict) -> dict:
+    """GPT.learned_constants of a checkpoint (the model is built on the meta device: no memory)."""
+    import torch
+
+    from gpt_conf import GPTConfig
+    from model import GPT
+    with torch.device("meta"):
+        model = GPT(GPTConfig.from_dict(ckpt["model_config"]))
+    return model.learned_constants(ckpt["model"])
+
+
+def constant_column(name: str) -> str:
+    """transformer.h.3.attn.softmax.beta -> L3.attn.softmax.beta; transformer.ln_f.radius -> ln_f.radius."""
+    return re.sub(r"^h\.(\d+)\.", r"L\1.", name.removeprefix("transformer."))
+
+
 def read_run(name: str, run_dir: Path, from_ckpt: bool = False) -> tuple[dict, dict]:
-    """(row of COLUMNS, flat settings {key: value} of the config's model and train sections)."""
+    """(row of COLUMNS and the learned constants, flat settings {key: value} of the config's model and
+    train sections)."""
     summary = _json_or_none(RunDir(run_dir), SUMMARY)
     config = _json_or_none(RunDir(run_dir), CONFIG)
     row = {"run": name, "status": (summary or {}).get("status")}
@@ -107,9 +124,12 @@ def read_run(name: str, run_dir: Path, from_ckpt: bool = False) -> tuple[dict, d
         row.update(best_val_loss=best if isinstance(best, (int, float)) and math.isfinite(best) else None,
                    best_iter=ckpt.get("best_iter"), iter=ckpt.get("iter_num"),
                    num_params=params_of(ckpt["model_config"]), source=ckpt_path.name)
+        constants = constants_of(ckpt)
     else:
         row.update(best_val_loss=summary.get("best_val_loss"), best_iter=summary.get("best_iter"),
                    iter=summary.get("iters"), num_params=summary.get("num_params"), source=SUMMARY)
+        constants = summary.get("learned_constants") or {}  # runs before this key have none
+    row.update({constant_column(k): v for k, v in constants.items()})
     if config is not None and not from_ckpt:
         sections = [config.get("model") or {}, config.get("train") or {}]
     elif ckpt is not None:
@@ -130,10 +150,14 @@ def differing_keys(settings: list[dict]) -> list[str]:
 
 
 def collect(root: Path | str, pattern: str | None = None, from_ckpt: bool = False) -> tuple[list[dict], list[str]]:
-    """(rows, differing setting keys): one row per run, COLUMNS then the differing settings."""
+    """(rows, extra columns): one row per run: COLUMNS, then the settings that differ between the runs,
+    then the learned constants (ConSmax's beta, ...; "did beta move?") of any run that has them."""
     read = [read_run(name, d, from_ckpt) for name, d in find_runs(root, pattern)]
     varied = differing_keys([s for _, s in read])
-    return [{**row, **{k: s.get(k) for k in varied}} for row, s in read], varied
+    constants = list(dict.fromkeys(k for row, _ in read for k in row if k not in COLUMNS))
+    rows = [{**{k: row.get(k) for k in COLUMNS}, **{k: s.get(k) for k in varied}, **{k: row.get(k) for k in constants}}
+            for row, s in read]
+    return rows, varied + constants
 
 
 # ---------------------------------------------------------------------------------------- output

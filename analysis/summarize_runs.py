@@ -63,6 +63,8 @@ def fmt(key: str, value) -> str:
         return str(value)
     if isinstance(value, float):
         return f"{value:,.4f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):  # per head
+        return " ".join(f"{v:.3g}" for v in value)
     return str(value)
 
 

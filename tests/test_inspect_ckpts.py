@@ -47,7 +47,8 @@ def test_rows_equal_summaries_and_checkpoints(runs_root, capsys):
         assert (r["best_val_loss"], r["best_iter"], r["iter"], r["num_params"], r["status"], r["source"]) == (
             s["best_val_loss"], s["best_iter"], s["iters"], s["num_params"], "completed", "summary.json")
     # exactly the settings that differ, nothing that is equal (and not out_dir, which always differs)
-    assert list(rows[0])[len(inspect_ckpts.COLUMNS):] == ["n_layer", "softmax_variant_attn"]
+    assert list(rows[0])[len(inspect_ckpts.COLUMNS):] == ["n_layer", "softmax_variant_attn", *(
+        f"L{i}.attn.softmax.{p}" for i in (0, 1) for p in ("beta", "gamma"))]  # then run c's learned constants
     assert [(r["n_layer"], r["softmax_variant_attn"]) for r in rows] == [(2, "softmax"), (3, "softmax"),
                                                                           (2, "consmax")]
     out = capsys.readouterr().out
@@ -58,6 +59,22 @@ def test_rows_equal_summaries_and_checkpoints(runs_root, capsys):
         ckpt = torch.load(runs_root / r["run"] / "ckpt_last.pt", weights_only=True)
         assert c["source"] == "ckpt_last.pt" and c["best_val_loss"] == ckpt["best_val_loss"]
         assert {**c, "source": r["source"]} == r  # the checkpoint tells the same story as summary.json
+
+
+def test_learned_constants_are_recorded_and_shown(runs_root, capsys):
+    """summary.json's learned_constants hold ConSmax's final beta and gamma of every layer (the values
+    in the last checkpoint); inspect_ckpts shows them as columns, for the runs that have them."""
+    ckpt = torch.load(runs_root / "c" / "ckpt_last.pt", weights_only=True)["model"]
+    constants = summary(runs_root / "c")["learned_constants"]
+    assert sorted(constants) == [f"transformer.h.{i}.attn.softmax.{p}" for i in (0, 1) for p in ("beta", "gamma")]
+    for name, value in constants.items():
+        assert value == pytest.approx(ckpt[name].item())
+    assert constants["transformer.h.0.attn.softmax.beta"] != 2.5  # trained away from --consmax_beta_init
+    assert summary(runs_root / "a")["learned_constants"] == {}  # softmax learns no constants
+    rows = inspect_ckpts.main([str(runs_root), "--sort", "run"])
+    assert rows[2]["L1.attn.softmax.gamma"] == constants["transformer.h.1.attn.softmax.gamma"]
+    assert rows[0]["L0.attn.softmax.beta"] is None
+    assert "L0.attn.softmax.beta" in capsys.readouterr().out
 
 
 def test_differing_keys():
@@ -78,7 +95,7 @@ def test_sort_and_filter(runs_root):
     assert rows[0]["run"] == "b"
     only = inspect_ckpts.main([str(runs_root), "--filter", "^(a|c)$", "--sort", "run"])
     assert [r["run"] for r in only] == ["a", "c"]
-    assert list(only[0])[len(inspect_ckpts.COLUMNS):] == ["softmax_variant_attn"]  # n_layer is equal now
+    assert list(only[0])[len(inspect_ckpts.COLUMNS):][:2] == ["softmax_variant_attn", "L0.attn.softmax.beta"]  # n_layer is equal now
     with pytest.raises(UserError, match=r"unknown --sort column 'nlayer'; did you mean 'n_layer'\?"):
         inspect_ckpts.main([str(runs_root), "--sort", "nlayer"])
 

@@ -29,8 +29,9 @@ into KeyboardInterrupt by `sigterm_as_interrupt`) terminates the children first:
 after a grace period.
 
 The settings a driver owns (DRIVER_OWNED, and `seed` where the driver sets it) are declared here with
-the reason; `check_key` refuses them, and any name that is not a train.py argument, in a sweep file,
-a search space or a search's train.py flags.
+the reason. `check_key` refuses them (and any name that is not a train.py argument) in sweep files and
+search spaces; the Optuna search refuses them among its train.py flags; the greedy search drops them
+from its baseline (a train.py config file, which may well name an out_dir).
 """
 from __future__ import annotations
 

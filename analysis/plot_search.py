@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from errors import ArgumentParser, UserError, run_cli
 from io_utils import read_data_file
+from optimization_and_search.greedy_rule import trajectory
 
 
 def load_log(path: str) -> dict:
@@ -27,21 +28,6 @@ def load_log(path: str) -> dict:
         raise UserError(f"{path} is not a hyperparam_search log (no 'steps'); "
                         "exploration logs are plotted by analysis/plot_sweep.py")
     return log
-
-
-def trajectory(log: dict) -> list[dict]:
-    """The adopted path: measured baselines and each adopted candidate, in order."""
-    points = []
-    for step in log["steps"]:
-        b = step.get("baseline") or {}
-        if b.get("source") == "measured" and b.get("status") == "completed":
-            points.append({"step": step["index"], "label": "start" if not points else "more iters",
-                           "objective": b["objective"], "cost": b["cost"], "measured": True})
-        if step.get("outcome") == "adopted":
-            c = next(c for c in step["candidates"] if c["name"] == step["chosen"])
-            points.append({"step": step["index"], "label": c["name"], "objective": c["objective"],
-                           "cost": c["cost"], "measured": False})
-    return points
 
 
 def plot(log: dict, out: Path, logx: bool = False, title: str | None = None) -> Path:

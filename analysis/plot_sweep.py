@@ -4,10 +4,11 @@
     python analysis/plot_sweep.py exploration_logs/softmax_cpu.yaml --x macs_per_token --out softmax_macs.png
     python analysis/plot_sweep.py exploration_logs/gqa_cpu.yaml --x exp_per_token --y final_val_loss --logx
 
-Reads the YAML log written by optimization_and_search/run_experiments.py (one document per run; the latest
-document of each run name counts, completed runs only). --x and --y name any numeric key of the runs'
-summary.json (best_val_loss, num_params, macs_per_token, exp_per_token, tokens_per_s, peak_memory_bytes,
-wall_time_s, ...) or of their settings / resolved config (n_layer, ...). The Pareto front holds the runs
+Reads the YAML log written by optimization_and_search/run_experiments.py or optuna_search.py (one document
+per run, optimization_and_search/results.py; the latest document of each run name counts, completed runs
+only). --x and --y name any numeric key of the runs' summary.json (best_val_loss, num_params,
+macs_per_token, exp_per_token, tokens_per_s, peak_memory_bytes, wall_time_s, ...) or of their settings /
+resolved config (n_layer, ...). The Pareto front holds the runs
 that no other run beats on both axes (lower is better on both). Below the scatter, one bar chart per
 setting that differs between the runs: the mean of --y over the runs with each value.
 """
@@ -22,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from errors import ArgumentParser, UserError, closest, run_cli
-from optimization_and_search.run_experiments import latest_by_name, load_log
+from optimization_and_search.results import latest_by_name, load_log
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -19,6 +19,9 @@ candidate objective (the objective is minimised) and added cost = candidate cost
 * otherwise the improving candidate with the highest improvement / added cost is adopted;
 * a candidate that is worse or equal is never adopted, whatever its cost.
 
+The candidates and this rule are pure functions in greedy_rule.py; this file holds the spec, the step
+loop, the log and the CLI.
+
 The search stops when no candidate improves (stop reason `no_improvement`; with `--on_plateau
 raise_iters` the iteration budget is multiplied by --iters_factor instead and the search goes on), when
 the step budget is spent (`max_steps`), or when the baseline itself fails (`baseline_failed`).
@@ -28,11 +31,13 @@ baseline sets: the list is first written out per layer, cycling as the model doe
 is repeated for each new layer (a shrinking n_layer cuts the list).
 
 Every run is `python train.py FLAGS` in a subprocess (or `train.main` in this process with
---in_process), in out_root/step_<i>/<candidate>/seed_<s>, with its output in train.log there. The log
-(--log, default hp_search_logs/<name>.yaml) is one YAML file rewritten atomically after every run: the
+--in_process), started by launch.py, in out_root/step_<i>/<candidate>/seed_<s>, with its output in
+train.log there; a killed search takes its training run with it. The log (--log, default
+hp_search_logs/<name>.yaml) is one YAML file rewritten atomically after every run: the
 search's settings, every step with its baseline, every candidate with its per-seed results, averages,
 improvement, added cost, efficiency and verdict, the adopted change, the stop reason and timestamps.
-Re-running the same command resumes from it without re-running finished candidate/seed pairs.
+Re-running the same command resumes from it without re-running finished candidate/seed pairs (a run
+the kill interrupted is started over in its directory).
 
 From Python, `run_search(spec, evaluate)` takes any `evaluate(settings, seed) -> {"objective": float,
 "cost": float, ...}` (settings: the flat train.py settings of the run, `seed` and `out_dir` included).
@@ -40,17 +45,11 @@ From Python, `run_search(spec, evaluate)` takes any `evaluate(settings, seed) ->
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import dataclasses
-import json
 import math
-import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -60,32 +59,19 @@ import yaml
 
 import train_args
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
-from gpt_conf import GPTConfig
 from io_utils import atomic_write_bytes, read_data_file
-from train_args import TrainConfig
-from variations.cost import COUNTS
-
-ROOT = Path(__file__).resolve().parent.parent
-TRAIN_PY = ROOT / "train.py"
+from optimization_and_search import launch
+from optimization_and_search.greedy_rule import (ON_PLATEAU, aggregate, base_value, build_candidates, final_model,
+                                                 finite, raise_iters, rank_candidates, step_outcome, trajectory)
+from optimization_and_search.results import now, plain
+from run_dir import numeric_summary_keys
 
 # cost names -> summary.json keys; any other numeric summary key may be named directly
 COSTS = {"params": "num_params", "macs": "macs_per_token", "iter_latency": "iter_time_ms",
          "peak_memory": "peak_memory_bytes"}
-SUMMARY_KEYS = ("best_val_loss", "final_val_loss", "final_train_loss", "best_iter", "iters", "tokens",
-                "num_params", "iter_time_ms", "tokens_per_s", "mfu", "peak_memory_bytes", "wall_time_s",
-                *(f"{n}_per_token" for n in COUNTS if n != "params"), "cost_params")
-ON_PLATEAU = ("stop", "raise_iters")
-# settings the search sets per run; taken out of the baseline
-PER_RUN = ("out_dir", "seed", "init_from", "overwrite")
 SPEC_KEYS = ("name", "baseline", "preset", "overrides", "params", "multiples", "steps", "seeds", "seed0",
              "cost", "objective", "on_plateau", "iters_factor", "min_improvement", "in_process", "log",
              "out_root", "retry_failed")
-MODEL_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 # ------------------------------------------------------------------------------------- the spec
@@ -131,28 +117,20 @@ class SearchSpec:
             | {"cost_key": self.cost_key, "baseline": self.baseline})
 
 
-def param_type(name: str) -> type:
-    return train_args.setting(name).type
-
-
-def default_value(name: str):
-    return train_args.setting(name).default
-
-
 def validate_spec(spec: SearchSpec) -> SearchSpec:
     """Check everything before anything runs; numbers of float settings become floats."""
     if not spec.params:
         raise UserError("no parameters to grow; give at least one --param NAME INCREMENT")
     for key, value in spec.baseline.items():
         spec.baseline[key] = train_args.check(key, value)
-    for key in PER_RUN:
+    for key in launch.driver_owned(seed=True):  # the search sets these per run
         spec.baseline.pop(key, None)
-    problem = settings_problem(spec.baseline)
+    problem = train_args.settings_problem(spec.baseline)
     if problem:
         raise UserError(f"the baseline settings are invalid: {problem}")
     params = {}
     for name, inc in spec.params.items():
-        typ = param_type(name)
+        typ = train_args.setting(name).type
         if typ not in (int, float):
             raise UserError(f"--param {name}: only int and float settings can grow, {name} is "
                             f"{'a list' if typ is list else typ.__name__}")
@@ -180,10 +158,11 @@ def validate_spec(spec: SearchSpec) -> SearchSpec:
     if len(set(spec.seeds)) != len(spec.seeds):
         raise UserError(f"seeds must differ, got {spec.seeds}")
     spec.seeds = list(spec.seeds)
-    if spec.cost not in COSTS and spec.cost not in SUMMARY_KEYS:
-        raise UserError(unknown_name_message("cost", spec.cost, [*COSTS, *SUMMARY_KEYS]))
-    if spec.objective not in SUMMARY_KEYS:
-        raise UserError(unknown_name_message("objective (a summary.json key)", spec.objective, SUMMARY_KEYS))
+    numeric = numeric_summary_keys()
+    if spec.cost not in COSTS and spec.cost not in numeric:
+        raise UserError(unknown_name_message("cost", spec.cost, [*COSTS, *numeric]))
+    if spec.objective not in numeric:
+        raise UserError(unknown_name_message("objective (a summary.json key)", spec.objective, numeric))
     if spec.on_plateau not in ON_PLATEAU:
         raise UserError(unknown_name_message("--on_plateau", spec.on_plateau, ON_PLATEAU))
     if not isinstance(spec.iters_factor, (int, float)) or isinstance(spec.iters_factor, bool) or spec.iters_factor <= 1:
@@ -195,162 +174,9 @@ def validate_spec(spec: SearchSpec) -> SearchSpec:
     return spec
 
 
-# ------------------------------------------------------------------------------- candidates
-def base_value(settings: dict, name: str):
-    return settings[name] if settings.get(name) is not None else default_value(name)
-
-
-def settings_problem(settings: dict) -> str | None:
-    """None when train.py would accept the settings as a model and training configuration, else why not."""
-    try:
-        for key, value in settings.items():
-            train_args.check(key, value)
-        GPTConfig(**{k: v for k, v in settings.items() if k in MODEL_FIELDS})
-        TrainConfig(**{**{k: v for k, v in settings.items() if k in TRAIN_FIELDS}, "out_dir": "unused"})
-    except UserError as e:
-        return str(e)
-    except (TypeError, ValueError) as e:
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def layerlist_keys() -> list[str]:
-    return [f.name for f in dataclasses.fields(GPTConfig) if f.metadata.get("layerlist_of")]
-
-
-def with_value(settings: dict, name: str, value) -> dict:
-    """settings with `name` set to `value`; a new n_layer rewrites every per-layer list the settings hold
-    (written out per layer, cycling as the model does, then the last layer's entry repeated)."""
-    new = dict(settings)
-    new[name] = value
-    if name == "n_layer":
-        old = base_value(settings, "n_layer")
-        for key in layerlist_keys():
-            lst = settings.get(key)
-            if lst:
-                per_layer = [lst[i % len(lst)] for i in range(old)]
-                new[key] = (per_layer + [per_layer[-1]] * max(0, value - old))[:max(value, 0)]
-    return new
-
-
-def grown_value(base, increment, multiple: int):
-    if isinstance(base, int) and isinstance(increment, int):
-        return base + multiple * increment
-    return round(float(base) + multiple * float(increment), 12)  # 0.1 + 0.2 -> 0.3, not 0.30000000000000004
-
-
-def build_candidates(settings: dict, params: dict, multiples: int) -> list[dict]:
-    """One record per (parameter, multiple): name, change, settings, status pending or skipped (+ reason)."""
-    out = []
-    for name, inc in params.items():
-        base = base_value(settings, name)
-        for m in range(1, multiples + 1):
-            value = grown_value(base, inc, m)
-            new = with_value(settings, name, value)
-            change = {k: v for k, v in new.items() if settings.get(k) != v}
-            cand = {"name": f"{name}={value}", "param": name, "multiple": m, "value": value, "change": change,
-                    "settings": new, "status": "pending", "runs": []}
-            problem = settings_problem(new)
-            if problem:
-                cand.update(status="skipped", reason=problem)
-            out.append(cand)
-    return out
-
-
-def raise_iters(settings: dict, factor: float) -> dict:
-    """settings with max_iters (and lr_decay_iters, when set) multiplied by factor."""
-    new = dict(settings)
-    for key in ("max_iters", "lr_decay_iters"):
-        value = settings.get(key) if key == "lr_decay_iters" else base_value(settings, key)
-        if value is not None:
-            new[key] = int(math.ceil(value * factor))
-    return new
-
-
-# ----------------------------------------------------------------------------- the decision
-def aggregate(entry: dict, seeds: list) -> None:
-    """Mean objective and cost over the seeds of a baseline or candidate record, and its status."""
-    runs = {r["seed"]: r for r in entry["runs"]}
-    failed = [r for r in entry["runs"] if r["status"] == "failed"]
-    if failed:
-        entry.update(status="failed", reason=f"seed {failed[0]['seed']}: {failed[0].get('error', 'failed')}")
-        return
-    if any(s not in runs for s in seeds):
-        entry["status"] = "running" if entry["runs"] else "pending"
-        return
-    objs = [float(runs[s]["objective"]) for s in seeds]
-    costs = [float(runs[s]["cost"]) for s in seeds]
-    entry.update(status="completed", objective=statistics.fmean(objs), cost=statistics.fmean(costs),
-                 objective_std=statistics.stdev(objs) if len(objs) > 1 else 0.0)
-    entry.pop("reason", None)
-
-
-def rank_candidates(baseline: dict, candidates: list[dict], min_improvement: float = 0.0) -> dict | None:
-    """Mark each completed candidate with improvement, added_cost, efficiency and verdict; return the one
-    to adopt, or None.
-
-    Verdicts: `dominates` (improves by more than min_improvement at no added cost: efficiency is
-    infinite, logged as null), `improves` (efficiency = improvement / added cost), and never adopted:
-    `worse`, `equal`, `too_small` (0 < improvement <= min_improvement). Dominating candidates win outright,
-    the largest improvement first (then the cheaper); otherwise the highest efficiency (then the larger
-    improvement)."""
-    dominating, improving = [], []
-    for c in candidates:
-        c["chosen"] = False
-        if c.get("status") != "completed":
-            continue
-        imp = baseline["objective"] - c["objective"]
-        added = c["cost"] - baseline["cost"]
-        c.update(improvement=imp, added_cost=added, efficiency=None)
-        if imp < 0:
-            c["verdict"] = "worse"
-        elif imp == 0:
-            c["verdict"] = "equal"
-        elif imp <= min_improvement:
-            c["verdict"] = "too_small"
-        elif added <= 0:
-            c["verdict"] = "dominates"
-            dominating.append(c)
-        else:
-            c["verdict"] = "improves"
-            c["efficiency"] = imp / added
-            improving.append(c)
-    best = None
-    if dominating:
-        best = max(dominating, key=lambda c: (c["improvement"], -c["added_cost"]))
-    elif improving:
-        best = max(improving, key=lambda c: (c["efficiency"], c["improvement"]))
-    if best is not None:
-        best["chosen"] = True
-    return best
-
-
 # ---------------------------------------------------------------------------- train evaluator
 class RunFailed(RuntimeError):
     """A training run that did not give a usable result."""
-
-
-def settings_to_argv(settings: dict) -> list[str]:
-    """Flat settings -> train.py flags (train_args.settings_to_argv)."""
-    return train_args.settings_to_argv(settings)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the train.py child gets SIGKILL when the search dies, so a killed search leaves no orphan
-    writing into the run directory that its resume will use."""
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 class TrainEvaluator:
@@ -363,28 +189,18 @@ class TrainEvaluator:
 
     def __call__(self, settings: dict, seed: int) -> dict:
         out_dir = Path(settings["out_dir"])
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log_path = out_dir / "train.log"
-        # the run directory belongs to the search: a killed run is started over
-        argv = settings_to_argv({**settings, "seed": seed, "out_dir": str(out_dir)}) + ["--overwrite"]
-        t0 = time.time()
-        if self.in_process:
-            summary = self._in_process(argv, log_path)
-        else:
-            with open(log_path, "w") as log:
-                rc = subprocess.run([self.python, str(TRAIN_PY), *argv], stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None).returncode
-            if rc != 0:
-                last = _tail(log_path, 1).strip() or "no output"
-                raise RunFailed(f"train.py exited with status {rc}: {last}")
-            try:
-                summary = json.loads((out_dir / "summary.json").read_text())
-            except (OSError, ValueError) as e:
-                raise RunFailed(f"no readable summary.json in {out_dir} ({type(e).__name__})") from None
+        # the run directory belongs to the search: a killed run is started over (launch: --overwrite)
+        run = launch.run({**{k: v for k, v in settings.items() if k != "out_dir"}, "seed": seed}, out_dir,
+                         in_process=self.in_process, python=self.python)
+        if run.exit_code != 0:
+            last = run.log_tail(1).strip() or "no output"
+            raise RunFailed(f"train.py exited with status {run.exit_code}: {last}")
+        summary = run.summary()
+        if summary is None:
+            raise RunFailed(f"no readable summary.json in {out_dir}")
         if summary.get("status") != "completed":
             raise RunFailed(f"the run did not complete (status {summary.get('status')!r})")
-        result = {"out_dir": str(out_dir), "wall_s": round(time.time() - t0, 2), "summary": summary}
+        result = {"out_dir": str(out_dir), "wall_s": round(run.duration, 2), "summary": summary}
         for role, key in (("objective", self.objective), ("cost", self.cost_key)):
             value = summary.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -392,44 +208,8 @@ class TrainEvaluator:
             result[role] = value
         return result
 
-    @staticmethod
-    def _in_process(argv: list[str], log_path: Path) -> dict:
-        import gc
-
-        import torch
-
-        import train
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        try:
-            with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                summary = train.main(argv)
-        except UserError as e:
-            raise RunFailed(f"train.py: {e}") from None
-        finally:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        return summary
-
 
 # ---------------------------------------------------------------------------------- the search
-def plain(obj):
-    """A copy made of YAML-safe plain types (dict with str keys, list, str, int, float, bool, None)."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    try:
-        return float(obj)  # numpy / torch scalars
-    except (TypeError, ValueError):
-        return str(obj)
-
-
 def load_log(path: Path) -> dict | None:
     if not path.exists():
         return None
@@ -534,13 +314,12 @@ class GreedySearch:
             rank_candidates(b, [cand], spec.min_improvement)  # fill improvement etc. as results arrive
             self.save()
         chosen = rank_candidates(b, step["candidates"], spec.min_improvement)
-        if chosen is not None:
-            step.update(chosen=chosen["name"], change=chosen["change"], outcome="adopted")
-        elif spec.on_plateau == "raise_iters":
+        step["outcome"] = step_outcome(chosen, spec.on_plateau)
+        if step["outcome"] == "adopted":
+            step.update(chosen=chosen["name"], change=chosen["change"])
+        elif step["outcome"] == "raise_iters":
             raised = raise_iters(b["settings"], spec.iters_factor)
-            step.update(outcome="raise_iters", change={k: v for k, v in raised.items() if b["settings"].get(k) != v})
-        else:
-            step["outcome"] = "no_improvement"
+            step["change"] = {k: v for k, v in raised.items() if b["settings"].get(k) != v}
         step["finished_at"] = now()
         self.save()
         self.console.print(step_table(step, spec))
@@ -566,7 +345,7 @@ class GreedySearch:
                 result = dict(self.evaluate(settings, seed))
                 for key in ("objective", "cost"):
                     value = result.get(key)
-                    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    if not finite(value):
                         raise RunFailed(f"the {key} is not a finite number: {value!r}")
                     result[key] = float(value)
                 rec.update(result, status="completed")
@@ -586,14 +365,7 @@ class GreedySearch:
 
     def _stop(self, reason: str):
         log = self.log
-        final = None
-        for step in reversed(log["steps"]):
-            if step.get("outcome") == "adopted":
-                final = next(c for c in step["candidates"] if c["name"] == step["chosen"])
-                break
-            if step["baseline"].get("status") == "completed":
-                final = step["baseline"]
-                break
+        final = final_model(log)
         if final is not None:
             initial = self.spec.baseline
             log["final"] = {"settings": final["settings"], "objective": final.get("objective"),
@@ -660,22 +432,6 @@ def step_table(step: dict, spec: SearchSpec):
     return table
 
 
-def trajectory(log: dict) -> list[dict]:
-    """The adopted path: the measured baselines and each adopted candidate, in order."""
-    points = []
-    for step in log.get("steps", []):
-        b = step.get("baseline", {})
-        if b.get("source") == "measured" and b.get("status") == "completed":
-            label = "start" if not points else "more iters"
-            points.append({"step": step["index"], "label": label, "objective": b["objective"], "cost": b["cost"],
-                           "measured": True})
-        if step.get("outcome") == "adopted":
-            c = next(c for c in step["candidates"] if c["name"] == step["chosen"])
-            points.append({"step": step["index"], "label": c["name"], "objective": c["objective"],
-                           "cost": c["cost"], "measured": False})
-    return points
-
-
 def trajectory_table(log: dict, spec: SearchSpec):
     from rich.table import Table
     table = Table(title=f"search {log['name']}: the adopted path")
@@ -716,15 +472,15 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _number(text: str, what: str):
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"{what}: '{text}' is not a number") from None
+def parse_increment(text: str, what: str):
+    """An increment typed on the command line: an int when it reads as one, else a float (an increment is
+    not a value of its setting, so validate_spec checks it, not the settings schema)."""
+    for typ in (int, float):
+        try:
+            return typ(text)
+        except ValueError:
+            pass
+    raise UserError(f"{what}: '{text}' is not a number")
 
 
 def load_spec_file(path: str) -> tuple[dict, Path]:
@@ -757,9 +513,7 @@ def spec_from_args(argv: list[str]) -> tuple[SearchSpec, argparse.Namespace]:
     settings, source = {}, []
     preset = pick("preset")
     if preset is not None:
-        if preset not in train_args.PRESETS:
-            raise UserError(unknown_name_message("preset", str(preset), train_args.PRESETS))
-        settings.update(train_args.PRESETS[preset])
+        settings.update(train_args.PRESETS[train_args.check_launch_arg("preset", preset)])
         source.append(f"preset {preset}")
     baseline = args.baseline if args.baseline is not None else data.get("baseline")
     baseline_path = None
@@ -792,12 +546,12 @@ def spec_from_args(argv: list[str]) -> tuple[SearchSpec, argparse.Namespace]:
         source.append("flags " + " ".join(train_flags))
 
     if args.param:
-        params = {name: _number(inc, f"--param {name}") for name, inc in args.param}
+        params = {name: parse_increment(inc, f"--param {name}") for name, inc in args.param}
     else:
         params = data.get("params") or {}
         if not isinstance(params, dict):
             raise UserError(f"search spec {spec_path}: params must be a mapping of setting: increment")
-    seed0 = pick("seed0", settings.get("seed", default_value("seed")))
+    seed0 = pick("seed0", settings.get("seed", train_args.setting("seed").default))
     seeds = args.seeds if args.seeds is not None else data.get("seeds", 1)
     if isinstance(seeds, list):
         if args.seed0 is not None:
@@ -837,7 +591,8 @@ def main(argv: list[str] | None = None, evaluate=None) -> dict:
         console.print(f"baseline: {fmt_change(spec.baseline)}\nstep 1 would train {n} run(s); "
                       f"log {spec.log}, runs under {spec.out_root}", highlight=False)
         return {"spec": spec.to_dict(), "candidates": cands}
-    return GreedySearch(spec, evaluate, console, overwrite=args.overwrite).run()
+    with launch.sigterm_as_interrupt():  # `kill` stops the current training run too
+        return GreedySearch(spec, evaluate, console, overwrite=args.overwrite).run()
 
 
 if __name__ == "__main__":

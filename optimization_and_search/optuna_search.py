@@ -6,7 +6,7 @@ pruning on the intermediate val losses, SQLite storage (a killed study resumes),
         --objectives best_val_loss macs_per_token
     python optimization_and_search/optuna_search.py -c SPACE.yaml --n_trials 8 -- --max_iters 200   # train.py flags
 
-The search-space file (every key a train.py setting, validated before the study starts):
+The search-space file (every key a train.py setting, validated before the study starts; optuna_space.py):
 
     fixed:                      # settings of every trial (also `preset: NAME`, `config: FILE`)
       preset: cpu
@@ -16,7 +16,10 @@ The search-space file (every key a train.py setting, validated before the study 
       n_layer: {int: [2, 6]}                                            # int range (step: s, log: true)
       learning_rate: {float: [1.0e-4, 3.0e-3], log: true}               # float range (log: true, step: s)
 
-Trials run in this process (`train.main(argv, on_eval=...)`), each in out_root/<study>/trial_<n>.
+Trials run in this process (launch.run_in_process: `train.main(argv, on_eval=...)`, which pruning needs),
+each in out_root/<study>/trial_<n> with its output in train.log there. The trial's settings reach train.py
+as flags, as in every driver (a `null` under fixed: is left out, so the preset's value or train.py's
+default applies).
 Single objective (default `best_val_loss`, minimised): TPE sampler, and a median pruner fed with every
 evaluation's val loss stops unpromising trials early (status "pruned"). Several objectives
 (`--objectives best_val_loss macs_per_token`, any numeric summary.json keys): NSGA-II, no pruning
@@ -27,8 +30,8 @@ The study lives in `--storage` (default sqlite:///out_root/<study>/study.db) und
 `--n_trials` finished trials in total. Trials a killed process left "running" are marked failed,
 logged as "interrupted", and their parameters are tried once more. One process per study at a time.
 
-Every finished trial is one document of `exploration_logs/<study>.yaml` (the exploration-log shape:
-name, status completed|failed|pruned|interrupted, exit_code, out_dir, started_at, finished_at,
+Every finished trial is one document of `exploration_logs/<study>.yaml` (the exploration-log shape of
+results.py: name, status completed|failed|pruned|interrupted, exit_code, out_dir, started_at, finished_at,
 settings, config, summary, log_tail for failures, and `optuna`: trial number, params, objective
 values, intermediate val losses, whether it is on the best/Pareto set), rewritten atomically after
 each trial; `analysis/plot_sweep.py` reads it like any sweep log.
@@ -36,14 +39,10 @@ each trial; `analysis/plot_sweep.py` reads it like any sweep log.
 from __future__ import annotations
 
 import argparse
-import functools
-import gc
 import math
 import os
 import socket
 import sys
-import traceback
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -53,244 +52,19 @@ if str(ROOT) not in sys.path:  # `python optimization_and_search/optuna_search.p
 
 import yaml  # noqa: E402
 
-import train_args  # noqa: E402
-from errors import ArgumentParser, UserError, closest, run_cli, unknown_name_message  # noqa: E402
-from io_utils import atomic_write_bytes, read_data_file  # noqa: E402
+from errors import ArgumentParser, UserError, run_cli, unknown_name_message  # noqa: E402
+from io_utils import atomic_write_bytes  # noqa: E402
+from optimization_and_search import launch  # noqa: E402
+from optimization_and_search.optuna_space import SearchSpace, choice_label, load_space, parse_train_flags  # noqa: E402
+from optimization_and_search.results import log_entry, plain, write_log  # noqa: E402
+from run_dir import numeric_summary_keys  # noqa: E402
 
-SPACE_KEYS = ("fixed", "params")
-PARAM_KINDS = ("choices", "int", "float")
-PARAM_OPTIONS = {"choices": (), "int": ("step", "log"), "float": ("step", "log")}
-EXTRA_FIXED = ("preset", "config")  # train.py flags that are not settings but may be fixed
-RESERVED = {"out_dir": "each trial runs in out_root/<study>/trial_<n>",
-            "init_from": "trials always start from scratch", "overwrite": "set by the search"}
-# summary.json keys an objective may name (numeric); the cost keys come from variations/cost.py
-SUMMARY_KEYS = ("best_val_loss", "final_val_loss", "final_train_loss", "best_iter", "iters", "tokens",
-                "num_params", "iter_time_ms", "tokens_per_s", "mfu", "peak_memory_bytes", "wall_time_s")
 MAXIMIZE = ("tokens_per_s", "mfu")  # objectives maximised unless --directions says otherwise
-
-
-def summary_keys() -> list[str]:
-    from variations.cost import COUNTS
-    return [*SUMMARY_KEYS, *(f"{c}_per_token" for c in COUNTS if c != "params"), "cost_params"]
-
-
-# ------------------------------------------------------------------------------------ search space
-@dataclass
-class Param:
-    """One searched setting: categorical (`choices`) or a range (`low`..`high`, int or float)."""
-    name: str
-    kind: str                      # choices | int | float
-    choices: list = field(default_factory=list)
-    low: float | int | None = None
-    high: float | int | None = None
-    step: float | int | None = None
-    log: bool = False
-
-    def distribution(self):
-        """The matching optuna distribution (which checks bounds, step and log)."""
-        import optuna.distributions as d
-        if self.kind == "choices":
-            return d.CategoricalDistribution([_choice_label(c) for c in self.choices])
-        if self.kind == "int":
-            return d.IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
-        return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-
-    def suggest(self, trial):
-        if self.kind == "choices":
-            labels = [_choice_label(c) for c in self.choices]
-            return self.choices[labels.index(trial.suggest_categorical(self.name, labels))]
-        if self.kind == "int":
-            return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
-
-    def describe(self) -> str:
-        if self.kind == "choices":
-            return ", ".join(str(_choice_label(c)) for c in self.choices)
-        extra = (f", step {self.step}" if self.step else "") + (", log" if self.log else "")
-        return f"{self.kind} [{self.low}, {self.high}]{extra}"
-
-
-@dataclass
-class SearchSpace:
-    fixed: dict        # train.py settings of every trial, `preset` included (config files merged in)
-    params: list[Param]
-
-    def trial_settings(self, values: dict) -> dict:
-        return {**self.fixed, **values}
-
-    def to_dict(self) -> dict:
-        return {"fixed": self.fixed, "params": {p.name: p.describe() for p in self.params}}
-
-
-def _choice_label(value) -> str | int | float | bool | None:
-    """Optuna's categorical choices are scalars: a per-layer list becomes its names joined by spaces."""
-    return " ".join(value) if isinstance(value, list) else value
-
-
-@functools.lru_cache(maxsize=None)
-def _specs() -> dict:
-    return train_args.schema()
-
-
-def _setting_type(name: str):
-    return _specs()[name].type
-
-
-def _number(value, typ):
-    """YAML reads `1e-4` as a string (it wants `1.0e-4`): accept numbers written either way."""
-    if isinstance(value, str):
-        try:
-            return typ(value)
-        except ValueError:
-            pass
-    return value
-
-
-def check_value(name: str, value, where: str):
-    """`value` for setting `name` as train.py would accept it (types, choices, registry names)."""
-    return train_args.check_launch_arg(name, value, where)
-
-
-def _check_key(name: str, where: str, allow_extra: bool) -> None:
-    if name in EXTRA_FIXED and not allow_extra:
-        raise UserError(f"{where}: '{name}' cannot be searched; fix it under 'fixed:'")
-    valid = [*_specs(), *(EXTRA_FIXED if allow_extra else ())]
-    if name not in valid:
-        raise UserError(f"{where}: {unknown_name_message('train.py setting', name, valid).split(' valid:')[0]} "
-                        "(python train.py --help lists every setting)")
-    if name in RESERVED:
-        raise UserError(f"{where}: '{name}' cannot be set in a search ({RESERVED[name]})")
-
-
-def parse_param(name: str, spec, where: str) -> Param:
-    _check_key(name, where, allow_extra=False)
-    if not isinstance(spec, dict):
-        raise UserError(f"{where}: expected a mapping such as {{choices: [a, b]}}, {{int: [low, high]}} or "
-                        f"{{float: [low, high], log: true}}, got {spec!r}")
-    kinds = [k for k in PARAM_KINDS if k in spec]
-    if len(kinds) != 1:
-        unknown = [k for k in spec if k not in PARAM_KINDS and k not in ("step", "log")]
-        if unknown:
-            guess = closest(str(unknown[0]), [*PARAM_KINDS, "step", "log"])
-            hint = f"; did you mean '{guess}'?" if guess else ""
-            raise UserError(f"{where}: unknown key '{unknown[0]}'{hint} valid: choices, int, float, step, log")
-        raise UserError(f"{where}: give exactly one of choices, int, float (got {', '.join(kinds) or 'none'})")
-    kind = kinds[0]
-    for key in spec:
-        if key != kind and key not in PARAM_OPTIONS[kind]:
-            valid = [kind, *PARAM_OPTIONS[kind]]
-            raise UserError(f"{where}: {unknown_name_message(f'key for a {kind} parameter', str(key), valid)}")
-    typ = _setting_type(name)
-    if kind == "choices":
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise UserError(f"{where}: choices must be a non-empty list, got {choices!r}")
-        checked = [check_value(name, c, f"{where}: choice {c!r}") for c in choices]
-        labels = [_choice_label(c) for c in checked]
-        if len(set(map(str, labels))) != len(labels):
-            raise UserError(f"{where}: choices repeat a value ({', '.join(map(str, labels))})")
-        return Param(name, kind, choices=checked)
-    num = int if kind == "int" else float
-    if typ is not num:
-        raise UserError(f"{where}: '{name}' is a {getattr(typ, '__name__', typ)} setting; "
-                        f"{'use choices' if typ in (str, bool, list) else f'use {typ.__name__}: [low, high]'} "
-                        f"instead of a {kind} range")
-    bounds = spec[kind]
-    if not isinstance(bounds, list) or len(bounds) != 2:
-        raise UserError(f"{where}: {kind} needs [low, high], got {bounds!r}")
-    low, high = (_number(b, num) for b in bounds)
-    for b in (low, high):
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or (kind == "int" and not isinstance(b, int)):
-            raise UserError(f"{where}: {kind} bounds must be {'integers' if kind == 'int' else 'numbers'}, got {b!r}")
-        check_value(name, num(b), f"{where}: bound {b!r}")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise UserError(f"{where}: log must be true or false, got {log!r}")
-    step = spec.get("step")
-    if step is not None:
-        step = _number(step, num)
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or \
-                (kind == "int" and not isinstance(step, int)):
-            raise UserError(f"{where}: step must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}")
-    param = Param(name, kind, low=num(low), high=num(high), step=num(step) if step is not None else None, log=log)
-    if param.low > param.high:
-        raise UserError(f"{where}: low {param.low} is above high {param.high}")
-    if log and param.low <= 0:
-        raise UserError(f"{where}: a log range needs low > 0, got {param.low}")
-    if log and step not in (None, 1):
-        raise UserError(f"{where}: step and log cannot be combined (Optuna samples a log range without a step)")
-    try:
-        param.distribution()
-    except ValueError as e:
-        raise UserError(f"{where}: {e}") from None
-    return param
-
-
-def parse_space(data, source: str = "search space", extra: dict | None = None) -> SearchSpace:
-    """A SearchSpace from the YAML mapping {fixed: {...}, params: {...}}; `extra` (train.py flags given
-    on the command line) overrides `fixed`. Every key and value is checked here."""
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: expected a mapping with 'fixed:' and 'params:', got {type(data).__name__}")
-    for key in data:
-        if key not in SPACE_KEYS:
-            raise UserError(f"{source}: {unknown_name_message('top-level key', str(key), SPACE_KEYS)}")
-    fixed_in, params_in = data.get("fixed") or {}, data.get("params") or {}
-    for what, value in (("fixed", fixed_in), ("params", params_in)):
-        if not isinstance(value, dict):
-            raise UserError(f"{source}: '{what}' must be a mapping of setting: value, got {type(value).__name__}")
-    if not params_in:
-        raise UserError(f"{source}: 'params' is empty; give at least one setting to search")
-    fixed: dict = {}
-    for name, value in fixed_in.items():
-        _check_key(str(name), f"{source}: fixed.{name}", allow_extra=True)
-        fixed[name] = check_value(name, value, f"{source}: fixed.{name}")
-    if "config" in fixed:  # merge the file in (its own keys checked by train_args), fixed keys on top
-        path = Path(fixed.pop("config"))
-        if not path.is_absolute() and not path.exists() and (ROOT / path).exists():
-            path = ROOT / path
-        loaded = train_args.load_config_file(str(path))
-        for name in loaded:
-            if name in RESERVED:
-                raise UserError(f"{source}: config file {path} sets '{name}', which a search sets itself")
-        fixed = {**loaded, **fixed}
-    fixed.update(extra or {})
-    params = [parse_param(str(name), spec, f"{source}: params.{name}") for name, spec in params_in.items()]
-    for p in params:
-        if p.name in fixed:
-            where = "the command line" if extra and p.name in extra else "fixed"
-            raise UserError(f"{source}: '{p.name}' is both searched (params) and fixed ({where}); keep one")
-    return SearchSpace(fixed=fixed, params=params)
-
-
-def load_space(path: str, extra: dict | None = None) -> SearchSpace:
-    p = Path(path)
-    data = read_data_file(p, "search-space file")
-    return parse_space(data, str(path), extra)
-
-
-def parse_train_flags(flags: list[str]) -> dict:
-    """train.py flags given after `--`, checked by train.py's own parser, as settings."""
-    if not flags:
-        return {}
-    ns = vars(train_args.build_parser().parse_args(flags))
-    if ns.pop("list_variants", False):
-        raise UserError("--list_variants is not a training setting")
-    out = {}
-    config = ns.pop("config", None)
-    if ns.get("preset") is None:
-        ns.pop("preset", None)
-    if config:
-        out.update(train_args.load_config_file(config))
-    out.update(ns)
-    for name in out:
-        if name in RESERVED:
-            raise UserError(f"--{name} cannot be given to a search ({RESERVED[name]})")
-    return out
 
 
 # ------------------------------------------------------------------------------------ objectives
 def check_objectives(objectives: list[str], directions: list[str] | None) -> list[str]:
-    valid = summary_keys()
+    valid = numeric_summary_keys()
     for key in objectives:
         if key not in valid:
             raise UserError(unknown_name_message("objective (summary.json key)", key, valid))
@@ -391,18 +165,8 @@ class Objective:
     def trial_dir(self, number: int) -> Path:
         return self.study_dir / f"trial_{number}"
 
-    def argv(self, settings: dict, out_dir: Path) -> list[str]:
-        """train.py arguments: --preset, then the settings as a config file (exact types, None kept)."""
-        settings = dict(settings)
-        argv = ["--preset", settings.pop("preset")] if "preset" in settings else []
-        cfg = out_dir / "search_settings.yaml"
-        atomic_write_bytes(cfg, yaml.safe_dump(settings, sort_keys=False).encode())
-        return [*argv, "--config", str(cfg), "--out_dir", str(out_dir), "--overwrite"]
-
     def __call__(self, trial):
         import optuna
-
-        import train
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
         values = {p.name: p.suggest(trial) for p in self.space.params}
@@ -410,7 +174,7 @@ class Objective:
         out_dir = self.trial_dir(trial.number)
         trial.set_user_attr("settings", settings)
         trial.set_user_attr("out_dir", str(out_dir))
-        self.log(f"trial {trial.number}: " + ", ".join(f"{k}={_choice_label(v)}" for k, v in values.items())
+        self.log(f"trial {trial.number}: " + ", ".join(f"{k}={choice_label(v)}" for k, v in values.items())
                  + f" -> {out_dir}")
 
         def on_eval(iter_num: int, losses: dict) -> bool:
@@ -418,7 +182,7 @@ class Objective:
             return trial.should_prune()
 
         try:
-            summary = train.main(self.argv(settings, out_dir), on_eval=on_eval if self.prune else None)
+            run = launch.run_in_process(settings, out_dir, on_eval=on_eval if self.prune else None)
         except KeyboardInterrupt:
             study = trial.study
             study.set_user_attr("interrupted_trials",
@@ -426,14 +190,12 @@ class Objective:
             if "retry_of" not in trial.user_attrs:
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
-        except Exception as e:
-            trial.set_user_attr("exit_code", 2 if isinstance(e, UserError) else 1)
-            tail = f"error: {e}" if isinstance(e, UserError) else traceback.format_exc()
-            trial.set_user_attr("log_tail", tail[-4000:])
-            raise
-        finally:
-            gc.collect()
-            _empty_cuda_cache()
+        summary = run.summary() or {}
+        if run.exit_code != 0 or summary.get("status") != "completed":
+            tail = run.log_tail()
+            trial.set_user_attr("exit_code", run.exit_code)
+            trial.set_user_attr("log_tail", tail)
+            raise RuntimeError(next((line for line in reversed(tail.splitlines()) if line.strip()), "failed"))
         trial.set_user_attr("summary", summary)
         if summary.get("stop_reason") == "pruned":
             raise optuna.TrialPruned(f"pruned at step {summary.get('iters')}")
@@ -449,26 +211,9 @@ class Objective:
         return out[0] if len(out) == 1 else out
 
 
-def _empty_cuda_cache():
-    try:
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
-
-
 # ------------------------------------------------------------------------------------ export
 def _iso(dt: datetime | None) -> str | None:
     return dt.astimezone().isoformat(timespec="seconds") if dt is not None else None
-
-
-def _read_json(path: Path) -> dict:
-    import json
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def trial_status(trial, interrupted: set) -> str | None:
@@ -494,18 +239,16 @@ def export_documents(study, objectives: list[str]) -> list[dict]:
         status = trial_status(t, interrupted)
         if status is None:
             continue  # running or waiting
-        out_dir = t.user_attrs.get("out_dir", "")
-        summary = t.user_attrs.get("summary") or (_read_json(Path(out_dir) / "summary.json") if out_dir else {})
-        config = _read_json(Path(out_dir) / "config.json") if out_dir else {}
         exit_code = {"completed": 0, "pruned": 0, "interrupted": None}.get(status, t.user_attrs.get("exit_code", 1))
-        doc = {"name": f"trial_{t.number}", "status": status, "exit_code": exit_code, "out_dir": out_dir,
-               "started_at": _iso(t.datetime_start), "finished_at": _iso(t.datetime_complete),
-               "settings": t.user_attrs.get("settings", {}), "config": config, "summary": summary}
-        if status == "failed":
-            doc["log_tail"] = t.user_attrs.get("log_tail", "")
+        doc = log_entry(f"trial_{t.number}", status=status, exit_code=exit_code, run_dir=t.user_attrs.get("out_dir"),
+                        started_at=_iso(t.datetime_start), finished_at=_iso(t.datetime_complete),
+                        settings=t.user_attrs.get("settings", {}), summary=t.user_attrs.get("summary"),
+                        log_tail=t.user_attrs.get("log_tail", ""))
+        # this log has always held {} (not null) for a file the trial never wrote
+        doc.update(config=doc["config"] or {}, summary=doc["summary"] or {})
         doc["optuna"] = {
             "study": study.study_name, "trial": t.number,
-            "params": {k: _plain(v) for k, v in t.params.items()},
+            "params": plain(t.params),
             "objectives": list(objectives),
             "values": [float(v) for v in t.values] if t.values is not None and status == "completed" else None,
             "intermediate_values": {int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
@@ -516,20 +259,11 @@ def export_documents(study, objectives: list[str]) -> list[dict]:
     return docs
 
 
-def _plain(v):
-    return v.item() if hasattr(v, "item") else v
-
-
-def write_log(path: Path, docs: list[dict]) -> None:
-    text = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False) if docs else ""
-    atomic_write_bytes(path, text.encode())
-
-
 def best_rows(study, objectives: list[str]) -> list[dict]:
     rows = []
     for t in sorted(study.best_trials, key=lambda t: t.values) if best_numbers(study) else []:
         rows.append({"trial": t.number, "values": dict(zip(objectives, map(float, t.values))),
-                     "params": {k: _plain(v) for k, v in t.params.items()},
+                     "params": plain(t.params),
                      "out_dir": t.user_attrs.get("out_dir")})
     return rows
 
@@ -572,7 +306,7 @@ def print_space(console, space: SearchSpace, study_name: str) -> None:
     for p in space.params:
         table.add_row(p.name, p.describe())
     for k, v in space.fixed.items():
-        table.add_row(k, f"fixed: {_choice_label(v)}")
+        table.add_row(k, f"fixed: {choice_label(v)}")
     console.print(table)
 
 
@@ -677,8 +411,9 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     try:
         if remaining > 0:
-            study.optimize(objective, n_trials=remaining, timeout=args.timeout, catch=(Exception,),
-                           callbacks=[report], gc_after_trial=False)
+            with launch.sigterm_as_interrupt():  # `kill` marks the running trial interrupted, as Ctrl-C does
+                study.optimize(objective, n_trials=remaining, timeout=args.timeout, catch=(Exception,),
+                               callbacks=[report], gc_after_trial=False)
     finally:
         export()
     rows = best_rows(study, args.objectives)

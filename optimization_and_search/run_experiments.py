@@ -5,26 +5,25 @@
     python optimization_and_search/run_experiments.py -c explorations/gqa_gpu.yaml --jobs 4 --set max_iters=200
 
 Each run trains in <out_root>/<run name> (default out/<sweep name>/<run name>) with its output in train.log
-there. One YAML document per finished run is appended atomically to exploration_logs/<sweep name>.yaml
-(name, status, exit_code, out_dir, times, settings, config.json, summary.json; failed runs also the last
-40 lines of their log). Re-running the same command skips completed runs, resumes or restarts interrupted
-ones and leaves failed ones alone unless --retry_failed; killing the runner (even with SIGKILL) loses no
-finished result. Read the log with yaml.safe_load_all, plot it with analysis/plot_sweep.py.
+there, started by launch.py with its own environment (a GPU, a share of the CPU threads). One YAML document
+per finished run (results.py) is appended atomically to exploration_logs/<sweep name>.yaml (name, status,
+exit_code, out_dir, times, settings, config.json, summary.json; failed runs also the last 40 lines of their
+log). Re-running the same command skips completed runs, resumes or restarts interrupted ones and leaves
+failed ones alone unless --retry_failed; killing the runner (even with SIGKILL) loses no finished result
+and leaves no training process behind. Read the log with yaml.safe_load_all, plot it with
+analysis/plot_sweep.py.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,121 +33,18 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import yaml
 
 from errors import ArgumentParser, UserError, run_cli
-from io_utils import atomic_write_bytes, atomic_write_json
+from io_utils import atomic_write_json
+from optimization_and_search import launch
+from optimization_and_search.results import append_log, latest_by_name, load_log, log_entry, now, write_csv
+from run_dir import CKPT_LAST, CONFIG, METRICS, SUMMARY, RunDir
 
 if TYPE_CHECKING:
     from optimization_and_search.sweep_config import Sweep
 
-ROOT = Path(__file__).resolve().parent.parent
-TRAIN = ROOT / "train.py"
-LOG_TAIL_LINES = 40
-RUN_MARKER = "sweep_run.json"  # written into each run dir before launch: the settings it was started with
-
-
-# ------------------------------------------------------------------------------------------ the log
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-def _str_representer(dumper, value: str):
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str_representer)
-
-
-def dump_doc(doc: dict) -> str:
-    return "---\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120,
-                               allow_unicode=True)
-
-
-def load_log(path: str | Path) -> list[dict]:
-    """Every document of a result log, in order; a torn or unreadable document is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    text = path.read_text()
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError:  # parse document by document, keeping the readable ones
-        docs = []
-        for chunk in re.split(r"(?m)^---[ \t]*$", text):
-            try:
-                docs.append(yaml.safe_load(chunk))
-            except yaml.YAMLError:
-                print(f"warning: skipping an unreadable document in {path}", file=sys.stderr)
-    return [d for d in docs if isinstance(d, dict) and "name" in d]
-
-
-def append_log(path: str | Path, doc: dict) -> None:
-    """Add one document: the whole new file is written beside the old one, then renamed over it."""
-    path = Path(path)
-    old = path.read_bytes() if path.exists() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    atomic_write_bytes(path, old + dump_doc(doc).encode())
-
-
-def latest_by_name(docs: list[dict]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for d in docs:
-        out[d["name"]] = d
-    return out
-
-
-def flat_rows(docs: list[dict]) -> tuple[list[str], list[dict]]:
-    """One row per document: name, status, exit_code, out_dir, the settings, then the summary keys (a
-    summary key that is also a setting, like dtype, becomes summary_<key>)."""
-    settings_keys = list(dict.fromkeys(k for d in docs for k in (d.get("settings") or {})))
-    summary_keys = list(dict.fromkeys(k for d in docs for k in (d.get("summary") or {})))
-    summary_cols = {k: f"summary_{k}" if k in settings_keys or k in ("name", "status") else k for k in summary_keys}
-    head = ["name", "status", "exit_code", "out_dir", "started_at", "finished_at"]
-    rows = []
-    for d in docs:
-        row = {k: d.get(k) for k in head}
-        for k, v in (d.get("settings") or {}).items():
-            row[k] = " ".join(map(str, v)) if isinstance(v, list) else v
-        for k, v in (d.get("summary") or {}).items():
-            row[summary_cols[k]] = v
-        rows.append(row)
-    return head + settings_keys + list(summary_cols.values()), rows
-
-
-def write_csv(path: str | Path, docs: list[dict]) -> None:
-    columns, rows = flat_rows(docs)
-    tmp = Path(path)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
+RUN_MARKER = "sweep_run.json"  # written into each run dir as it starts: the settings it was started with
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def read_json_or_none(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def last_iter(metrics: Path) -> int | None:
     """The step of the last complete record of metrics.jsonl (read from its end)."""
     try:
@@ -204,14 +100,6 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _die_with_parent():  # preexec_fn (Linux): the run is killed when the runner dies, even by SIGKILL
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 # ------------------------------------------------------------------------------------------ runs
 @dataclass
 class Task:
@@ -220,8 +108,7 @@ class Task:
     out_dir: Path
     state: str = "pending"  # pending, running, completed, failed, interrupted, done (earlier), skipped (failed earlier)
     resume: bool = False
-    proc: subprocess.Popen | None = None
-    log_file: object = None
+    run: launch.Launch | None = None
     gpu: str | None = None
     started: float | None = None
     started_at: str | None = None
@@ -247,13 +134,14 @@ def plan(sweep: Sweep, out_root: Path, logged: dict[str, dict], retry_failed: bo
             t.state, t.exit_code = "skipped", doc.get("exit_code")
             t.note = "failed earlier (--retry_failed runs it again)"
         else:
-            marker = read_json_or_none(t.out_dir / RUN_MARKER) or {}
-            summary = read_json_or_none(t.out_dir / "summary.json") or {}
+            run_dir = RunDir(t.out_dir)
+            marker = run_dir.read_json_or_none(RUN_MARKER) or {}
+            summary = run_dir.read_json_or_none(SUMMARY) or {}
             if marker.get("settings") == run.settings:
                 if summary.get("status") == "completed" and not (same and doc.get("status") == "failed"):
                     t.state, t.note = "finished", "finished, but its result was not in the log"
                     t.started_at = marker.get("started_at")
-                elif (t.out_dir / "ckpt_last.pt").exists() and not (same and doc.get("status") == "failed"):
+                elif run_dir.file(CKPT_LAST).exists() and not (same and doc.get("status") == "failed"):
                     t.resume, t.note = True, "interrupted: resumes from its last checkpoint"
             if doc is not None and not same and t.note == "":
                 t.note = "settings changed since it was logged: runs again"
@@ -274,7 +162,8 @@ class Runner:
 
     # ---- process handling
     def env_for(self, task: Task) -> dict:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        """The job's own environment variables (launch adds the runner's): a GPU, a share of the CPU threads."""
+        env = {}
         if self.gpus:
             task.gpu = min(self.gpus, key=lambda g: self.gpu_load[g])
             self.gpu_load[task.gpu] += 1
@@ -284,53 +173,36 @@ class Runner:
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         return env
 
-    def launch(self, task: Task):
-        from optimization_and_search.sweep_config import run_argv
-        task.out_dir.mkdir(parents=True, exist_ok=True)
-        if not task.resume:
-            for stale in ("summary.json", "config.json"):
-                (task.out_dir / stale).unlink(missing_ok=True)
-        task.started, task.started_at = time.time(), now()
+    def start(self, task: Task):
+        task.run = launch.start(task.settings, task.out_dir, resume=task.resume, python=self.python,
+                                env=self.env_for(task))
+        task.started, task.started_at, task.state = task.run.started, task.run.started_at, "running"
+        # after the start, which cleared a fresh run's stale summary: a marker never vouches for an old result
         atomic_write_json(task.out_dir / RUN_MARKER, {"settings": task.settings, "started_at": task.started_at})
-        cmd = [self.python, str(TRAIN), *run_argv(task.settings), "--out_dir", str(task.out_dir),
-               *(["--init_from", "resume"] if task.resume else ["--overwrite"])]
-        log = task.out_dir / "train.log"
-        torn = task.resume and log.exists() and log.stat().st_size and not log.read_bytes().endswith(b"\n")
-        task.log_file = open(log, "a" if task.resume else "w")
-        task.log_file.write(("\n" if torn else "") + f"$ {' '.join(cmd)}\n")
-        task.log_file.flush()
-        env = self.env_for(task)
-        task.proc = subprocess.Popen(cmd, stdout=task.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        task.state = "running"
         self.say(f"started {task.name}" + (" (resuming)" if task.resume else "")
                  + (f" on GPU {task.gpu}" if task.gpu is not None else ""))
 
     def release(self, task: Task):
-        if task.log_file is not None:
-            task.log_file.close()
-            task.log_file = None
         if task.gpu is not None:
             self.gpu_load[task.gpu] -= 1
 
-    def finish(self, task: Task, rc: int | None, interrupted: bool = False):
+    def finish(self, task: Task, interrupted: bool = False):
         """Record a run that ended: completed, failed or interrupted (one atomic append to the log)."""
         self.release(task)
-        summary = read_json_or_none(task.out_dir / "summary.json")
-        if (summary or {}).get("status") == "completed" and rc in (0, None):
-            status = "completed"
-        else:
-            status = "interrupted" if interrupted else "failed"
-        task.state, task.exit_code = status, rc
-        task.duration = time.time() - task.started if task.started else None
-        task.best_val_loss = (summary or {}).get("best_val_loss")
-        doc = {"name": task.name, "status": status, "exit_code": rc, "out_dir": str(task.out_dir),
-               "started_at": task.started_at, "finished_at": now(), "settings": task.settings,
-               "config": read_json_or_none(task.out_dir / "config.json"), "summary": summary}
-        if status == "failed":
-            doc["log_tail"] = tail(task.out_dir / "train.log")
-            if rc == 0:
-                doc["log_tail"] += "\n(train.py exited 0 but its summary.json is missing or not completed)"
+        task.duration = task.run.duration
+        self.record(task, task.run.entry(task.name, task.run.status(interrupted)))
+
+    def record_finished(self, task: Task):
+        """A run whose summary says completed but whose result never reached the log (the runner was killed)."""
+        summary = RunDir(task.out_dir).read_json_or_none(SUMMARY)
+        self.record(task, log_entry(task.name, status=launch.run_status(None, summary), exit_code=None,
+                                    run_dir=task.out_dir, started_at=task.started_at, finished_at=now(),
+                                    settings=task.settings))
+
+    def record(self, task: Task, doc: dict):
+        status = doc["status"]
+        task.state, task.exit_code = status, doc["exit_code"]
+        task.best_val_loss = (doc["summary"] or {}).get("best_val_loss")
         append_log(self.log_path, doc)
         self.finished.append(task)
         if status == "completed":
@@ -338,14 +210,9 @@ class Runner:
                      f" [{self.progress_text()}]")
         elif status == "failed":
             last = next((line for line in reversed(doc["log_tail"].splitlines()) if line.strip()), "")
-            self.say(f"failed {task.name} (exit code {rc}): {last} [log: {task.out_dir / 'train.log'}]")
+            self.say(f"failed {task.name} (exit code {task.exit_code}): {last} [log: {task.out_dir / launch.LOG}]")
         else:
             self.say(f"interrupted {task.name}")
-
-    def record_finished(self, task: Task):
-        """A run whose summary says completed but whose result never reached the log (the runner was killed)."""
-        task.started = None
-        self.finish(task, None)
 
     def run(self):
         for t in self.tasks:
@@ -358,26 +225,20 @@ class Runner:
             while queue or running:
                 while queue and len(running) < self.jobs:
                     task = queue.popleft()
-                    self.launch(task)
+                    self.start(task)
                     running.append(task)
                 for task in list(running):
-                    rc = task.proc.poll()
-                    if rc is not None:
+                    if task.run.poll() is not None:
                         running.remove(task)
-                        self.finish(task, rc)
+                        self.finish(task)
                 self.refresh()
                 time.sleep(0.2)
         except KeyboardInterrupt:
+            for task in running:  # all of them asked first: they stop in parallel
+                task.run.terminate()
             for task in running:
-                if task.proc.poll() is None:
-                    task.proc.terminate()
-            for task in running:
-                try:
-                    rc = task.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    task.proc.kill()
-                    rc = task.proc.wait()
-                self.finish(task, rc, interrupted=True)
+                task.run.stop()
+                self.finish(task, interrupted=True)
             raise
         finally:
             self.stop_display()
@@ -427,14 +288,15 @@ class Runner:
         for t in self.tasks:
             if t.state != "running":
                 continue
-            summary = read_json_or_none(t.out_dir / "summary.json")
+            run_dir = RunDir(t.out_dir)
+            summary = run_dir.read_json_or_none(SUMMARY)
             if summary:
                 t.best_val_loss = summary.get("best_val_loss")
             if t.max_iters is None:
-                config = read_json_or_none(t.out_dir / "config.json")
+                config = run_dir.read_json_or_none(CONFIG)
                 if config:
                     t.max_iters = (config.get("train") or {}).get("max_iters")
-            t.iter = last_iter(t.out_dir / "metrics.jsonl")
+            t.iter = last_iter(run_dir.file(METRICS))
             if t.iter is not None and t.first_seen is None:
                 t.first_seen = (time.time(), t.iter)
 
@@ -560,10 +422,6 @@ class _Lock:
             self.file.close()
 
 
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict:
     p = ArgumentParser(prog="optimization_and_search/run_experiments.py", description=__doc__.splitlines()[0])
@@ -603,20 +461,16 @@ def main(argv: list[str] | None = None) -> dict:
         console.print(dry_run_table(sweep, tasks, log_path))
         return {"sweep": sweep, "tasks": tasks, "log": log_path, "ran": []}
 
-    with _Lock(log_path.with_name(f".{name}.lock")):
-        previous = signal.signal(signal.SIGTERM, _sigterm)
-        try:
-            for t in tasks:
-                if t.note:
-                    print(f"{t.name}: {t.note}", flush=True)
-            runner = Runner(sweep, tasks, log_path, args.jobs, args.python, console)
-            todo = [t.name for t in runner.todo]
-            if not todo and not any(t.state == "finished" for t in tasks):
-                print(f"nothing to run: all {len(tasks)} runs of {name} are in {log_path}"
-                      + ("" if args.retry_failed else " (failed ones run again with --retry_failed)"), flush=True)
-            runner.run()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+    with _Lock(log_path.with_name(f".{name}.lock")), launch.sigterm_as_interrupt():
+        for t in tasks:
+            if t.note:
+                print(f"{t.name}: {t.note}", flush=True)
+        runner = Runner(sweep, tasks, log_path, args.jobs, args.python, console)
+        todo = [t.name for t in runner.todo]
+        if not todo and not any(t.state == "finished" for t in tasks):
+            print(f"nothing to run: all {len(tasks)} runs of {name} are in {log_path}"
+                  + ("" if args.retry_failed else " (failed ones run again with --retry_failed)"), flush=True)
+        runner.run()
     docs = latest_by_name(load_log(log_path))
     console.print(results_table(sweep, docs))
     if args.csv:

@@ -1,9 +1,10 @@
 """Sweep files: a YAML or JSON description of a family of train.py runs, expanded into a checked run list.
 
+    from optimization_and_search import launch
     from optimization_and_search.sweep_config import load_sweep
     sweep = load_sweep("explorations/softmax_cpu.yaml")
     for run in sweep.runs:
-        print(run.name, run.settings, run_argv(run.settings))
+        print(run.name, run.settings, launch.train_argv(run.settings))
 
 The format (explorations/README.md has one example per construct):
 
@@ -24,7 +25,8 @@ The format (explorations/README.md has one example per construct):
 Within one group the order is: the settings around it, its own settings, `use` (in order), `alternates`,
 `parameter_groups`, then `conditionals`; a later one wins on the same key.
 
-Every key is checked against train.py's arguments (an unknown key names the closest one), every value
+Every key is checked against train.py's arguments (an unknown key names the closest one; the settings the
+runner sets itself, launch.DRIVER_OWNED, are refused), every value
 against the argument's type and choices (registry names included), each run's combination of settings as
 train.py would check it, and the run names (built from the settings that differ between runs) for
 duplicates, before anything runs.
@@ -38,20 +40,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import train_args
 from errors import UserError, closest
 from io_utils import read_data_file
+from optimization_and_search import launch
 
 LEVEL_KEYS = ("use", "alternates", "parameter_groups", "conditionals")
 TOP_KEYS = ("common_group", "named_groups")
-EXTRA_ARGS = ("preset", "config")  # train.py arguments that are not config fields
-RUNNER_OWNED = {
-    "out_dir": "each run's out_dir is set by the runner (<out_root>/<run name>; see --out_root)",
-    "init_from": "the runner resumes interrupted runs itself",
-    "overwrite": "the runner starts every new run with --overwrite in its own out_dir",
-    "list_variants": "it is not a training setting",
-}
 MAX_NAME = 80
 _MISSING = object()
 
@@ -72,35 +67,14 @@ class Sweep:
 
 
 # ------------------------------------------------------------------------------------------ values
-def _specs() -> dict:
-    return train_args.schema()
-
-
-def _valid_keys() -> list[str]:
-    return [*_specs(), *EXTRA_ARGS]
-
-
 def _loc(where: str) -> str:
     return f"{where}: " if where else ""
 
 
 def check_key(key, where: str = "") -> None:
-    """A sweep key must be a train.py argument the runner does not own."""
-    if not isinstance(key, str):
-        raise UserError(f"{_loc(where)}setting names must be strings, got {key!r}")
-    if key in RUNNER_OWNED:
-        raise UserError(f"{_loc(where)}'{key}' cannot be set in a sweep: {RUNNER_OWNED[key]}")
-    if key in _specs() or key in EXTRA_ARGS:
-        return
-    guess = closest(key, [*_valid_keys(), *LEVEL_KEYS, *TOP_KEYS])
-    hint = f"; did you mean '{guess}'?" if guess else ""
-    raise UserError(f"{_loc(where)}unknown setting '{key}' (not a train.py argument){hint} "
-                    "(python train.py --help lists them)")
-
-
-def check_value(key: str, value, where: str = ""):
-    """The value, checked against the argument's type and choices and normalised (registry names, floats)."""
-    return train_args.check_launch_arg(key, value, where)
+    """A sweep key must be a train.py argument the runner does not own (the file's own keywords are
+    suggested too when a key is misspelt)."""
+    launch.check_key(key, where, driver="sweep", near=(*LEVEL_KEYS, *TOP_KEYS))
 
 
 def range_values(spec, where: str = "") -> list:
@@ -128,28 +102,28 @@ def range_values(spec, where: str = "") -> list:
 def values_of(key: str, raw, where: str = "") -> list:
     """The checked list of values a sweep entry `key: raw` stands for."""
     check_key(key, where)
-    is_list_setting = key in _specs() and _specs()[key].type is list
+    is_list_setting = key not in train_args.LAUNCH_ARGS and train_args.setting(key).type is list
     if isinstance(raw, dict):
         if set(raw) == {"range"}:
-            return [check_value(key, v, where) for v in range_values(raw["range"], f"{where}.range")]
+            return [train_args.check_launch_arg(key, v, where) for v in range_values(raw["range"], f"{where}.range")]
         raise UserError(f"{_loc(where)}'{key}' takes a value, a list of values or {{range: {{start, end, step}}}}; "
                         f"got a mapping with {', '.join(map(str, raw))}")
     if not isinstance(raw, list):
-        return [check_value(key, raw, where)]
+        return [train_args.check_launch_arg(key, raw, where)]
     if is_list_setting:  # a list of names is one value; a list of lists is several
         if all(isinstance(v, list) for v in raw):
-            return [check_value(key, v, where) for v in raw]
+            return [train_args.check_launch_arg(key, v, where) for v in raw]
         if not any(isinstance(v, (list, dict)) for v in raw):
-            return [check_value(key, raw, where)] if raw else []
+            return [train_args.check_launch_arg(key, raw, where)] if raw else []
         raise UserError(f"{_loc(where)}'{key}' takes a list of names (one value) or a list of such lists")
     out = []
     for v in raw:
         if isinstance(v, dict) and set(v) == {"range"}:
-            out.extend(check_value(key, x, where) for x in range_values(v["range"], f"{where}.range"))
+            out.extend(train_args.check_launch_arg(key, x, where) for x in range_values(v["range"], f"{where}.range"))
         elif isinstance(v, (list, dict)):
             raise UserError(f"{_loc(where)}'{key}': a list of values cannot hold {type(v).__name__}s ({v!r})")
         else:
-            out.append(check_value(key, v, where))
+            out.append(train_args.check_launch_arg(key, v, where))
     return out
 
 
@@ -287,7 +261,7 @@ def expand(raw, overrides: dict | None = None) -> tuple[list[dict], dict, list[s
     checked_overrides = {}
     for key, value in (overrides or {}).items():
         check_key(key, f"--set {key}")
-        checked_overrides[key] = check_value(key, value, f"--set {key}")
+        checked_overrides[key] = train_args.check_launch_arg(key, value, f"--set {key}")
     runs = [{**common, **r, **checked_overrides} for r in runs]
     warnings = [f"named group '{n}' is defined but never used" for n in named if n not in ex.used]
     return runs, {**common, **checked_overrides}, warnings
@@ -356,19 +330,11 @@ def run_names(runs: list[dict], hidden=()) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------- train.py
-def run_argv(settings: dict) -> list[str]:
-    """train.py flags for a run's settings (None: not passed, so train.py's own default applies);
-    the runner's own arguments (EXTRA_ARGS) come first."""
-    extra = {k: settings[k] for k in EXTRA_ARGS if settings.get(k) is not None}
-    argv = [a for k, v in extra.items() for a in (f"--{k}", str(v))]
-    return argv + train_args.settings_to_argv({k: v for k, v in settings.items() if k not in EXTRA_ARGS})
-
-
 def check_run(settings: dict) -> None:
     """Check a run's combination of settings the way train.py does before it trains (shapes that do not
-    divide, bad ranges, ...); the data set is not opened."""
+    divide, bad ranges, ...), preset and config file merged in; the data set is not opened."""
     from gpt_conf import GPTConfig
-    s = train_args.parse_args(run_argv(settings))
+    s = train_args.parse_args(launch.train_argv(settings))
     GPTConfig(**s.model)
     train_args.TrainConfig(**s.train)
 

@@ -12,6 +12,7 @@ import yaml
 from rich.console import Console
 
 from errors import UserError
+from optimization_and_search import greedy_rule
 from optimization_and_search import hyperparam_search as hs
 
 from conftest import ROOT
@@ -57,14 +58,14 @@ def test_better_and_cheaper_wins_over_a_higher_ratio():
     base = {"objective": 1.0, "cost": 100.0}
     steep = cand("steep", 0.5, 101.0)     # improvement 0.5 per 1 unit: ratio 0.5
     cheap = cand("cheap", 0.95, 90.0)     # small improvement, but cheaper: dominates
-    assert hs.rank_candidates(base, [steep, cheap])["name"] == "cheap"
+    assert greedy_rule.rank_candidates(base, [steep, cheap])["name"] == "cheap"
     assert cheap["verdict"] == "dominates" and cheap["efficiency"] is None and cheap["chosen"]
     assert steep["verdict"] == "improves" and steep["efficiency"] == pytest.approx(0.5) and not steep["chosen"]
     # among dominating candidates the largest improvement wins, then the cheaper one
     same_cost = cand("same_cost", 0.8, 100.0)
-    assert hs.rank_candidates(base, [steep, cheap, same_cost])["name"] == "same_cost"
+    assert greedy_rule.rank_candidates(base, [steep, cheap, same_cost])["name"] == "same_cost"
     twin = cand("twin", 0.8, 95.0)
-    assert hs.rank_candidates(base, [same_cost, twin])["name"] == "twin"
+    assert greedy_rule.rank_candidates(base, [same_cost, twin])["name"] == "twin"
 
 
 def test_worse_or_equal_is_never_chosen_whatever_its_cost():
@@ -72,15 +73,15 @@ def test_worse_or_equal_is_never_chosen_whatever_its_cost():
     worse_cheap = cand("worse_cheap", 1.01, 1.0)
     equal_cheap = cand("equal_cheap", 1.0, 1.0)
     equal_dear = cand("equal_dear", 1.0, 500.0)
-    assert hs.rank_candidates(base, [worse_cheap, equal_cheap, equal_dear]) is None
+    assert greedy_rule.rank_candidates(base, [worse_cheap, equal_cheap, equal_dear]) is None
     assert [c["verdict"] for c in (worse_cheap, equal_cheap, equal_dear)] == ["worse", "equal", "equal"]
     assert not any(c["chosen"] for c in (worse_cheap, equal_cheap, equal_dear))
     # a real improvement among them is chosen even though it is the most expensive
     better = cand("better", 0.9, 1000.0)
-    assert hs.rank_candidates(base, [worse_cheap, equal_cheap, better])["name"] == "better"
+    assert greedy_rule.rank_candidates(base, [worse_cheap, equal_cheap, better])["name"] == "better"
     # improvements up to min_improvement count as none
     small = cand("small", 0.995, 50.0)
-    assert hs.rank_candidates(base, [small], min_improvement=0.01) is None and small["verdict"] == "too_small"
+    assert greedy_rule.rank_candidates(base, [small], min_improvement=0.01) is None and small["verdict"] == "too_small"
 
 
 def test_efficiency_ranking():
@@ -89,7 +90,7 @@ def test_efficiency_ranking():
     b = cand("b", 1.9, 12.0)   # 0.1 / 2  = 0.05
     c = cand("c", 1.0, 110.0)  # 1.0 / 100 = 0.01
     skipped = {"name": "s", "status": "skipped"}
-    assert hs.rank_candidates(base, [a, b, c, skipped])["name"] == "b"
+    assert greedy_rule.rank_candidates(base, [a, b, c, skipped])["name"] == "b"
     assert [x["efficiency"] for x in (a, b, c)] == pytest.approx([0.02, 0.05, 0.01])
     assert "verdict" not in skipped
 
@@ -176,13 +177,13 @@ def test_invalid_candidates_are_skipped_with_the_reason(tmp_path):
 def test_n_layer_duplicates_the_last_layer_in_per_layer_lists(tmp_path):
     settings = {**BASE, "n_layer": 3, "attention_variant_layerlist": ["causal", "linear", "linear"],
                 "mlp_variant_layerlist": ["mlp", "swiglu"], "norm_variant_layerlist": ["rmsnorm"]}
-    grown = hs.with_value(settings, "n_layer", 5)
+    grown = greedy_rule.with_value(settings, "n_layer", 5)
     assert grown["attention_variant_layerlist"] == ["causal", "linear", "linear", "linear", "linear"]
     # a cycled list is written out per layer first (mlp, swiglu, mlp), then the last layer repeated
     assert grown["mlp_variant_layerlist"] == ["mlp", "swiglu", "mlp", "mlp", "mlp"]
     assert grown["norm_variant_layerlist"] == ["rmsnorm"] * 5
     assert "activation_variant_layerlist" not in grown and settings["n_layer"] == 3  # input untouched
-    assert hs.with_value(settings, "n_layer", 2)["mlp_variant_layerlist"] == ["mlp", "swiglu"]
+    assert greedy_rule.with_value(settings, "n_layer", 2)["mlp_variant_layerlist"] == ["mlp", "swiglu"]
     seen = []
 
     def evaluate(s, seed):
@@ -378,7 +379,7 @@ def test_shipped_search_specs_validate():
         assert any(c["status"] == "pending" for c in out["candidates"]), path.name
     for path in baselines:  # baselines are train.py config files
         settings = train_args.load_config_file(str(path))
-        assert hs.settings_problem(settings) is None and "n_layer" in settings
+        assert train_args.settings_problem(settings) is None and "n_layer" in settings
 
 
 def test_plot_search_writes_a_png(tmp_path):

@@ -16,6 +16,7 @@ from errors import UserError
 optuna = pytest.importorskip("optuna")
 
 from optimization_and_search import optuna_search as osearch  # noqa: E402
+from optimization_and_search import optuna_space  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_KEYS = {"name", "status", "exit_code", "out_dir", "started_at", "finished_at", "settings", "config", "summary"}
@@ -23,7 +24,7 @@ LOG_KEYS = {"name", "status", "exit_code", "out_dir", "started_at", "finished_at
 
 # ------------------------------------------------------------------------------------ search space
 def test_parse_space_kinds_and_normalisation():
-    space = osearch.parse_space({
+    space = optuna_space.parse_space({
         "fixed": {"preset": "debug", "max_iters": 6, "dropout": "0"},
         "params": {
             "softmax_variant_attn": {"choices": ["softmax", "relumax"]},
@@ -71,22 +72,22 @@ def test_parse_space_kinds_and_normalisation():
 ])
 def test_parse_space_errors(data, message):
     with pytest.raises(UserError) as e:
-        osearch.parse_space(data, "space.yaml")
+        optuna_space.parse_space(data, "space.yaml")
     assert message in str(e.value), str(e.value)
     assert str(e.value).startswith("space.yaml"), str(e.value)
 
 
 def test_train_flags_after_double_dash_are_checked_and_override_fixed():
-    extra = osearch.parse_train_flags(["--max_iters", "7", "--preset", "debug"])
+    extra = optuna_space.parse_train_flags(["--max_iters", "7", "--preset", "debug"])
     assert extra == {"max_iters": 7, "preset": "debug"}
-    space = osearch.parse_space({"fixed": {"max_iters": 3}, "params": {"n_layer": {"int": [1, 2]}}}, extra=extra)
+    space = optuna_space.parse_space({"fixed": {"max_iters": 3}, "params": {"n_layer": {"int": [1, 2]}}}, extra=extra)
     assert space.fixed["max_iters"] == 7
     with pytest.raises(UserError, match="did you mean '--max_iters'"):
-        osearch.parse_train_flags(["--max_iter", "7"])
+        optuna_space.parse_train_flags(["--max_iter", "7"])
     with pytest.raises(UserError, match="both searched"):
-        osearch.parse_space({"params": {"n_layer": {"int": [1, 2]}}}, extra={"n_layer": 3})
+        optuna_space.parse_space({"params": {"n_layer": {"int": [1, 2]}}}, extra={"n_layer": 3})
     with pytest.raises(UserError, match="cannot be given to a search"):
-        osearch.parse_train_flags(["--out_dir", "x"])
+        optuna_space.parse_train_flags(["--out_dir", "x"])
 
 
 def test_objective_validation():
@@ -110,7 +111,7 @@ def test_example_search_spaces_are_valid():
     files = sorted((ROOT / "hp_searches").glob("optuna_*.yaml"))
     assert files
     for f in files:
-        assert osearch.load_space(str(f)).params
+        assert optuna_space.load_space(str(f)).params
 
 
 def test_cli_reports_a_bad_space_in_one_line(tmp_path):

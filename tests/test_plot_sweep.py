@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 from errors import UserError
-from optimization_and_search.run_experiments import append_log
+from optimization_and_search.results import append_log
 
 spec = importlib.util.spec_from_file_location("plot_sweep", ROOT / "analysis" / "plot_sweep.py")
 plot_sweep = importlib.util.module_from_spec(spec)

@@ -13,8 +13,9 @@ import yaml
 
 from conftest import ROOT, run_script
 from errors import UserError
-from optimization_and_search import run_experiments
-from optimization_and_search.run_experiments import append_log, dump_doc, load_log, main
+from optimization_and_search import results, run_experiments
+from optimization_and_search.results import append_log, dump_doc, load_log
+from optimization_and_search.run_experiments import main
 from optimization_and_search.sweep_config import load_sweep
 
 
@@ -157,7 +158,7 @@ def test_log_reader_skips_a_torn_last_document(tmp_path):
 
 
 def test_rows_for_csv():
-    columns, rows = run_experiments.flat_rows([
+    columns, rows = results.flat_rows([
         {"name": "a", "status": "completed", "settings": {"n_layer": 1, "dtype": "float32"},
          "summary": {"best_val_loss": 1.0, "dtype": "float32"}},
         {"name": "b", "status": "failed", "exit_code": 2, "settings": {"attention_variant_layerlist": ["causal", "linear"]},

@@ -6,8 +6,9 @@ import json
 import pytest
 
 from errors import UserError
-from optimization_and_search.sweep_config import (build_sweep, expand, load_sweep, range_values, run_argv,
-                                                  run_names, short_keys, value_label)
+from optimization_and_search.launch import train_argv
+from optimization_and_search.sweep_config import (build_sweep, expand, load_sweep, range_values, run_names,
+                                                  short_keys, value_label)
 
 
 def runs_of(raw, overrides=None) -> list[dict]:
@@ -280,8 +281,8 @@ def test_names_are_short_safe_and_deterministic():
     assert run_names([{"n_layer": 1}]) == ["run"]
 
 
-def test_run_argv():
-    assert run_argv({"n_layer": 2, "preset": "debug", "bias": False, "compile": True, "learning_rate": 0.001,
+def test_train_argv():
+    assert train_argv({"n_layer": 2, "preset": "debug", "bias": False, "compile": True, "learning_rate": 0.001,
                      "attention_variant_layerlist": ["causal", "linear"], "max_seconds": None}) == [
         "--preset", "debug", "--n_layer", "2", "--no-bias", "--compile", "--learning_rate", "0.001",
         "--attention_variant_layerlist", "causal", "linear"]

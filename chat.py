@@ -10,9 +10,9 @@ tokens or the end of the context (block_size). Replies are decoded as a whole an
 printed, so tokens that split a character or merge across characters print correctly, and text that may
 begin a stop string is held back until it is known not to.
 
-The KV cache (generation.Engine) lives across turns: a new prompt that starts with what the cache holds runs only its new
-tokens; where it differs (old turns dropped, a reply re-tokenised) the cache is rolled back to the common
-prefix, so the tokens are the ones a fresh prefill gives. When the conversation no longer fits
+The KV cache (generation.Engine) lives across turns: a new prompt that starts with what the cache holds
+runs only its new tokens; where it differs (old turns dropped, a reply re-tokenised) the cache is rolled
+back to the common prefix, so the tokens are the ones a fresh prefill gives. When the conversation no longer fits
 block_size (with room for a reply), the oldest turns are dropped; the system message stays.
 
 Commands: /temp X, /topk K, /topp P|off, /max N (no value: show it), /model RUN, /models, /reset,
@@ -400,8 +400,9 @@ class ChatRepl:
                  ("parameters", f"{s.model.num_params():,}"), ("device", s.device)]
         rows += [(name, getattr(cfg, name)) for name in SIZE_FIELDS]
         rows += [("other config", config_changes(cfg))]
+        cached = s.engine.cached.size(1)  # context tokens whose keys/values the engine's cache holds
         rows += [("chat template", f"{s.template.layout} layout"),
-                 ("history", f"{len(s.history)} messages, {s.engine.cached.size(1)} of {s.block_size} context tokens cached")]
+                 ("history", f"{len(s.history)} messages, {cached} of {s.block_size} context tokens cached")]
         self.table(rows)
 
     def cmd_help(self, arg: str) -> None:

@@ -124,7 +124,7 @@ class Engine:
     def _forward(self, x: torch.Tensor, cached: bool) -> torch.Tensor:
         """Run x (B, t) after the cached ids (cached) or on its own; raw logits (B, V) of its last position."""
         if cached:
-            logits, _ = self.model(x, caches=self.caches)  # (B, 1, V)
+            logits, _ = self.model(x, caches=self.caches)  # (B, 1, V): the last position only
             self.cached = torch.cat((self.cached, x), dim=1)
         else:
             logits, _ = self.model(x)

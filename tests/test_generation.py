@@ -263,6 +263,10 @@ def test_checkpoint_of_an_earlier_version_gives_its_greedy_ids():
     model, tok, _ = load_run(FIXTURE)
     prompt = tok.encode(expected["prompt"])
     assert model.config.block_size < len(prompt) + 12
+    with torch.no_grad():  # the forward pass first: a mismatch there is no generation bug
+        logits, _ = model(torch.tensor([prompt]), all_logits=True)  # (1, T, V)
+    assert logits.sum().item() == pytest.approx(expected["logits_sum"], abs=1e-4)
+    torch.testing.assert_close(logits[0, 0, :8], torch.tensor(expected["logits_first"]), rtol=0, atol=1e-5)
     for use_cache in (True, False):
         engine = Engine(model, vocab_limit=tok.vocab_size, use_cache=use_cache)
         ids, _ = engine.generate(prompt, 12, temperature=0)

@@ -10,9 +10,9 @@ tokens or the end of the context (block_size). Replies are decoded as a whole an
 printed, so tokens that split a character or merge across characters print correctly, and text that may
 begin a stop string is held back until it is known not to.
 
-The KV cache lives across turns: a new prompt that starts with what the cache holds runs only its new
-tokens; where it differs (old turns dropped, a reply re-tokenised) the cache is rolled back to the common
-prefix, so the tokens are the ones a fresh prefill gives. When the conversation no longer fits
+The KV cache (generation.Engine) lives across turns: a new prompt that starts with what the cache holds
+runs only its new tokens; where it differs (old turns dropped, a reply re-tokenised) the cache is rolled
+back to the common prefix, so the tokens are the ones a fresh prefill gives. When the conversation no longer fits
 block_size (with room for a reply), the oldest turns are dropped; the system message stays.
 
 Commands: /temp X, /topk K, /topp P|off, /max N (no value: show it), /model RUN, /models, /reset,
@@ -34,10 +34,9 @@ from rich.text import Text
 from data.chat_template import ChatTemplate
 from devices import choose_device
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
+from generation import Engine
 from gpt_conf import GPTConfig
-from model import sample_next
 from run_dir import CHECKPOINT_CHOICES, SUMMARY, RunDir, load_run
-from variations.registry import create
 
 SIZE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "vocab_size")  # rows of /params
 
@@ -110,15 +109,6 @@ def config_changes(cfg: GPTConfig) -> str:
     return ", ".join(changed) or "none (GPTConfig defaults)"
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def held_back(text: str, stop_strings: list[str]) -> int:
     """How many characters at the end of `text` must wait: a trailing U+FFFD (a multi-byte character
     whose remaining bytes are still to come) and the longest tail that begins a stop string."""
@@ -159,7 +149,8 @@ class ReplyText:
 
 # ---------------------------------------------------------------------------------------- session
 class ChatSession:
-    """A loaded run, its chat template, the history and the KV cache kept between turns."""
+    """A loaded run, its chat template, the history and the generation Engine, whose KV cache is kept
+    between turns."""
 
     def __init__(self, run_dir: str | Path, which: str, device: torch.device, settings: Settings,
                  system: str | None = None, seed: int = 1337):
@@ -172,11 +163,9 @@ class ChatSession:
         """Load a run (everything is built before anything is replaced, so a failure keeps the old one)."""
         model, tokenizer, ckpt = load_run(run_dir, self.which, self.device)
         template = ChatTemplate(tokenizer)
-        normalizer = create("softmax", model.config.softmax_variant_output, model.config).to(self.device)
+        engine = Engine(model, vocab_limit=tokenizer.vocab_size)  # its KV cache lives across turns
         self.run_dir, self.model, self.tokenizer, self.ckpt = Path(run_dir), model, tokenizer, ckpt
-        self.template, self.normalizer = template, normalizer
-        self.caches, self.cached_ids = None, []  # cached_ids: the tokens whose keys/values the cache holds
-        self.reused = self.prefilled = 0  # of the last prompt: tokens taken from the cache / run now
+        self.template, self.engine = template, engine
         self.reset()
 
     def reset(self) -> None:
@@ -190,6 +179,16 @@ class ChatSession:
     @property
     def block_size(self) -> int:
         return self.model.config.block_size
+
+    @property
+    def reused(self) -> int:
+        """Tokens of the last prompt whose keys/values came from the cache."""
+        return self.engine.reused
+
+    @property
+    def prefilled(self) -> int:
+        """Tokens of the last prompt that ran through the model."""
+        return self.engine.prefilled
 
     def build_prompt(self) -> tuple[list[int], int]:
         """Prompt ids of the history; the oldest turns leave the history until the prompt plus room for
@@ -214,50 +213,23 @@ class ChatSession:
         self.history[:] = history
         return ids, dropped
 
-    def _prefill(self, prompt: list[int]) -> torch.Tensor:
-        """Run the prompt's tokens the cache lacks; logits (1, 1, V) of its last position."""
-        if self.caches is None:
-            self.caches = self.model.new_kv_caches(1, self.device, self.model.lm_head.weight.dtype)
-            self.cached_ids = []
-        # keep the common prefix, but rerun at least the last prompt token: its logits start the reply
-        keep = min(common_prefix(self.cached_ids, prompt), len(prompt) - 1)
-        for cache in self.caches:  # roll back: keys/values past `keep` are overwritten by the next append
-            cache.truncate(keep)
-        self.cached_ids = self.cached_ids[:keep]
-        x = torch.tensor([prompt[keep:]], dtype=torch.long, device=self.device)  # (1, T)
-        logits, _ = self.model(x, caches=self.caches)
-        self.cached_ids += prompt[keep:]
-        self.reused, self.prefilled = keep, len(prompt) - keep
-        return logits
-
-    @torch.no_grad()
     def generate_reply(self, prompt: list[int], on_text=None) -> tuple[str, str]:
-        """Continue `prompt` as model.generate does (same sampler, normaliser and padding bar), one
-        cached step per token; `on_text(piece)` receives the reply text as it becomes final.
+        """Continue `prompt` with the engine (its cache reused and rolled back across turns) until a stop
+        token, a stop string or the budget; `on_text(piece)` receives the reply text as it becomes final.
         Returns (reply, why it ended: "stop", "max_new_tokens" or "context")."""
-        s, vocab = self.settings, self.tokenizer.vocab_size
-        stop_ids = set(self.template.stop_token_ids)
+        s = self.settings
         reply = ReplyText(self.tokenizer, self.template.stop_strings)
         emit = on_text or (lambda piece: None)
-        budget = min(s.max_new_tokens, self.block_size - len(prompt))  # the prompt and reply share the context
-        why = "max_new_tokens" if budget == s.max_new_tokens else "context"
-        logits = self._prefill(prompt)
-        for step in range(budget):
-            last = logits[:, -1, :]  # (1, V)
-            if vocab < last.size(-1):  # ids of the vocabulary's padding decode to nothing
-                last = last.clone()
-                last[:, vocab:] = float("-inf")
-            next_id = sample_next(last, s.temperature, s.top_k or None, s.top_p, self.generator, self.normalizer)
-            if next_id.item() in stop_ids:
-                why = "stop"
-                break
+
+        def on_step(logits: torch.Tensor, next_id: torch.Tensor) -> bool:  # next_id (1, 1)
             emit(reply.add(next_id.item()))
-            if reply.stopped:
-                why = "stop"
-                break
-            if step + 1 < budget:
-                logits, _ = self.model(next_id, caches=self.caches)  # (1, 1, V)
-                self.cached_ids.append(next_id.item())
+            return reply.stopped
+
+        budget = min(s.max_new_tokens, self.block_size - len(prompt))  # the prompt and reply share the context
+        _, why = self.engine.generate(prompt, budget, s.temperature, s.top_k or None, s.top_p, self.generator,
+                                      stop_ids=self.template.stop_token_ids, on_step=on_step)
+        if why == "max_new_tokens" and budget < s.max_new_tokens:
+            why = "context"
         emit(reply.flush())
         return reply.text, why
 
@@ -428,8 +400,9 @@ class ChatRepl:
                  ("parameters", f"{s.model.num_params():,}"), ("device", s.device)]
         rows += [(name, getattr(cfg, name)) for name in SIZE_FIELDS]
         rows += [("other config", config_changes(cfg))]
+        cached = s.engine.cached.size(1)  # context tokens whose keys/values the engine's cache holds
         rows += [("chat template", f"{s.template.layout} layout"),
-                 ("history", f"{len(s.history)} messages, {len(s.cached_ids)} of {s.block_size} context tokens cached")]
+                 ("history", f"{len(s.history)} messages, {cached} of {s.block_size} context tokens cached")]
         self.table(rows)
 
     def cmd_help(self, arg: str) -> None:

@@ -3,7 +3,7 @@
     from gpt_conf import GPTConfig; from model import GPT
     model = GPT(GPTConfig(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=64))
     logits, loss = model(idx, targets)          # idx, targets: (B, T) token ids
-    out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=40)   # KV-cached
+    out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=40)   # KV-cached (generation.py)
 
 Pre-norm blocks (x + attn(norm(x)), x + mlp(norm(x))), a final norm, the LM head tied to the token
 embedding, GPT-2's init with residual projections (`c_proj`) scaled by 1/sqrt(2 n_layer).
@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from generation import Engine, sample_next, sampling_probs  # noqa: F401  (the samplers: re-exported for older imports)
 from gpt_conf import GPTConfig
 from variations.attention import KVCache
 from variations.cost import Cost, total
@@ -187,6 +188,7 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ generation
     def new_kv_caches(self, batch_size: int, device, dtype: torch.dtype) -> list[KVCache]:
+        """Empty keys/values for every layer, block_size positions each (generation.Engine fills them)."""
         cfg = self.config
         return [KVCache(batch_size, cfg.n_kv_head, cfg.block_size, cfg.head_dim, device, dtype)
                 for _ in range(cfg.n_layer)]
@@ -194,79 +196,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None, vocab_limit: int | None = None,
-                 on_token=None, on_step=None) -> torch.Tensor:
-        """Continue idx (B, T) by max_new_tokens tokens. temperature 0 means greedy.
-
-        With the KV cache each new token costs one position's forward pass. Once the context fills
-        block_size, the window slides and every position shifts, so from then on each step runs the
-        cropped window without a cache, exactly as uncached generation does (same tokens either way).
-        `vocab_limit` bars ids from the padding of the vocabulary (pad_vocab) that no tokenizer decodes.
-        `on_token(next_ids)` is called with each new (B, 1) batch of ids, e.g. to stream text.
-        `on_step(logits, next_ids)` gets each step's raw (B, V) logits (vocab_limit applied, before
-        temperature) and the chosen (B, 1) ids; returning True stops generation early (stop strings).
-        """
-        block = self.config.block_size
-        normalizer = create("softmax", self.config.softmax_variant_output, self.config).to(idx.device)
-        caches = None
-        if use_cache:
-            caches = self.new_kv_caches(idx.size(0), idx.device, self.lm_head.weight.dtype)
-            logits, _ = self(idx[:, -block:], caches=caches)
-        for step in range(max_new_tokens):
-            if caches is None:
-                logits, _ = self(idx[:, -block:])
-            last = logits[:, -1, :]  # (B, V)
-            if vocab_limit is not None and vocab_limit < last.size(-1):
-                last = last.clone()
-                last[:, vocab_limit:] = float("-inf")
-            idx_next = sample_next(last, temperature, top_k, top_p, generator, normalizer)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)
-            if on_token is not None:
-                on_token(idx_next)
-            if on_step is not None and on_step(last, idx_next):
-                break
-            if caches is not None and step + 1 < max_new_tokens:
-                if caches[0].length < block:
-                    logits, _ = self(idx_next, caches=caches)
-                else:
-                    caches = None  # window full: fall back to recomputing the cropped context
-        return idx
-
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None,
-                normalizer: nn.Module | None = None) -> torch.Tensor:
-    """Pick the next token from logits (B, V): greedy at temperature 0, else sample after top-k and
-    nucleus (top-p) filtering. `normalizer` (a softmax-registry module, --softmax_variant_output)
-    turns logits into weights, renormalised to sum to one; default: softmax. Returns (B, 1) ids."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p, normalizer), 1, generator=generator)
-
-
-def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None, normalizer: nn.Module | None = None) -> torch.Tensor:
-    """The (B, V) distribution sample_next draws from at temperature > 0: logits / temperature, top-k and
-    top-p filtering, then `normalizer` (default softmax); filtered tokens get probability 0."""
-    logits = logits.float() / temperature
-    keep = torch.ones_like(logits, dtype=torch.bool)
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        keep &= logits >= kth
-
-    def probabilities(mask):
-        w = normalizer(logits, mask) if normalizer is not None else torch.softmax(
-            logits.masked_fill(~mask, float("-inf")), dim=-1)
-        w = w.float().clamp(min=0).masked_fill(~mask, 0.0)
-        dead = w.sum(dim=-1, keepdim=True) <= 0  # e.g. relumax with every kept logit negative
-        if dead.any():  # such a row falls back to softmax over the kept logits
-            w = torch.where(dead, torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1), w)
-        return w / w.sum(dim=-1, keepdim=True)
-
-    probs = probabilities(keep)
-    if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p  # keep the smallest set reaching top_p
-        keep &= ~torch.zeros_like(keep).scatter(-1, order, drop_sorted)
-        probs = probabilities(keep)
-    return probs
+                 generator: torch.Generator | None = None, vocab_limit: int | None = None) -> torch.Tensor:
+        """Continue idx (B, T) by max_new_tokens tokens; (B, T + max_new_tokens). temperature 0 means greedy.
+        A convenience over generation.Engine, which owns generation: the KV cache (each new token costs one
+        position's forward pass; past block_size the window slides, uncached), `vocab_limit` (ids of the
+        vocabulary's padding are never drawn), stop ids, per-step hooks and prefix reuse across prompts."""
+        engine = Engine(self, vocab_limit=vocab_limit, use_cache=use_cache)
+        return engine.generate(idx, max_new_tokens, temperature, top_k, top_p, generator)[0]

@@ -49,10 +49,10 @@ from data.dataset import load_meta, resolve_data_dir
 from data.tokenizer import load_tokenizer
 from devices import DTYPES, autocast, choose_device, choose_dtype
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
+from generation import Engine, build_normalizer, sampling_probs
 from io_utils import atomic_write_json
-from model import GPT, sampling_probs
+from model import GPT
 from run_dir import CHECKPOINT_CHOICES, load_run
-from variations.registry import create
 
 QUIT_WORDS = ("quit",)  # --interactive ends at EOF, an empty line, or one of these
 DECODE_CHUNK = 1 << 20  # tokens decoded at once when counting the bytes of an evaluated split
@@ -236,9 +236,8 @@ def prompts(args: argparse.Namespace):
 def draw_sample(model: GPT, tok, ids: list[int], args, gen: torch.Generator, normalizer, record: bool) -> dict:
     """One sample continuing `ids`: {"prompt_text", "text", "stop_string", "tokens": [records]}.
 
-    Records (record=True) are taken in GPT.generate's on_step hook from the logits the sampler used;
+    Records (record=True) are taken in Engine.generate's on_step hook from the logits the sampler used;
     the same hook stops generation once the generated text contains a stop string."""
-    device = model.lm_head.weight.device
     generated: list[int] = []
     tokens: list[dict] = []
     stops = args.stop_strings or []
@@ -253,10 +252,9 @@ def draw_sample(model: GPT, tok, ids: list[int], args, gen: torch.Generator, nor
                                                        args.colorize_topk))
         return bool(stops) and any(s in tok.decode(generated[-tail:]) for s in stops)
 
-    x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]  # (1, T)
-    model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
-                   top_p=args.top_p, use_cache=args.kv_cache, generator=gen, vocab_limit=tok.vocab_size,
-                   on_step=on_step)
+    engine = Engine(model, vocab_limit=tok.vocab_size, use_cache=args.kv_cache, normalizer=normalizer)
+    engine.generate(ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                    top_p=args.top_p, generator=gen, on_step=on_step)
     prompt_text, text = tok.decode(ids), tok.decode(generated)
     found = [(text.find(s), s) for s in stops if s in text]
     if not found:
@@ -299,7 +297,7 @@ def main(argv: list[str] | None = None) -> list[str] | dict:
     figures_dir = None
     if args.show_heatmaps:
         figures_dir = Path(args.out_dir) / "samples" / (args.sample_name or time.strftime("%Y%m%d-%H%M%S"))
-    normalizer = create("softmax", model.config.softmax_variant_output, model.config).to(device)  # as generate
+    normalizer = build_normalizer(model)  # built once, shared by every sample's Engine
     gen = torch.Generator(device=device).manual_seed(args.seed)
     samples: list[dict] = []
     drawn = 0  # samples whose figures are written

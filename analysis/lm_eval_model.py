@@ -28,7 +28,7 @@ How PPAGPTLM scores (it subclasses lm_eval's TemplateLM, the base of its Hugging
   token is then not scored). loglikelihood_rolling starts documents from the same token.
 - loglikelihood_rolling: lm_eval.utils.get_rolling_token_windows + make_disjoint_window with
   context_len=1 and max_seq_len=block_size, as HFLM: disjoint windows of block_size predicted tokens.
-- generate_until: model.generate (KV cache) on batches of equal-length contexts (the model has no
+- generate_until: generation.Engine (KV cache) on batches of equal-length contexts (the model has no
   padding mask); contexts keep their last block_size tokens and the window slides as generation goes on.
   It stops once every row holds a stop string (or the end-of-text token) or after max_gen_toks
   (default 256); the text is cut at the first stop string. temperature/do_sample/top_k/top_p
@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from errors import ArgumentParser, UserError, run_cli
+from generation import Engine
 from io_utils import atomic_write_json
 
 try:
@@ -62,8 +63,8 @@ except ImportError:  # lm-eval is the optional "eval" dependency
     raise UserError("lm-eval is not installed; install it with: pip install -e '.[eval]'") from None
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "data" / "lm_eval_tasks"  # our offline tasks
-SAMPLING_KWARGS = ("temperature", "top_k", "top_p")  # generation kwargs model.generate understands
-HANDLED_KWARGS = ("do_sample", "until", "max_gen_toks")  # consumed before model.generate
+SAMPLING_KWARGS = ("temperature", "top_k", "top_p")  # generation kwargs Engine.generate understands
+HANDLED_KWARGS = ("do_sample", "until", "max_gen_toks")  # consumed before Engine.generate
 log = logging.getLogger(__name__)
 
 
@@ -82,10 +83,6 @@ def _single_token(tokenizer, text: str) -> int | None:
     except UserError:
         return None
     return ids[0] if len(ids) == 1 else None
-
-
-class _StopGeneration(Exception):
-    """Raised from model.generate's on_token hook once every row of a batch has hit a stop string."""
 
 
 class PPAGPTLM(TemplateLM):
@@ -289,22 +286,18 @@ class PPAGPTLM(TemplateLM):
         new = [[] for _ in range(x.size(0))]
         done = [False] * x.size(0)
 
-        def on_token(next_ids: torch.Tensor):  # (B, 1)
+        def on_step(logits: torch.Tensor, next_ids: torch.Tensor) -> bool:  # next_ids (B, 1)
             for b, t in enumerate(next_ids[:, 0].tolist()):
                 if not done[b]:
                     new[b].append(t)
                     text = self.tok_decode(new[b])
                     done[b] = t == self.eot_token_id or any(s and s in text for s in until)
-            if all(done):
-                raise _StopGeneration
+            return all(done)
 
-        try:
-            with self._autocast():
-                self.model.generate(x, kwargs["max_gen_toks"], temperature=kwargs.get("temperature", 0.0),
-                                    top_k=kwargs.get("top_k"), top_p=kwargs.get("top_p"), generator=gen,
-                                    vocab_limit=self.tokenizer.vocab_size, on_token=on_token)
-        except _StopGeneration:
-            pass
+        engine = Engine(self.model, vocab_limit=self.tokenizer.vocab_size)  # a fresh cache per batch
+        with self._autocast():
+            engine.generate(x, kwargs["max_gen_toks"], temperature=kwargs.get("temperature", 0.0),
+                            top_k=kwargs.get("top_k"), top_p=kwargs.get("top_p"), generator=gen, on_step=on_step)
         return [postprocess_generated_text(self.tok_decode(ids), stop=until, think_end_token=None) for ids in new]
 
 

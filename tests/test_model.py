@@ -1,4 +1,5 @@
-"""model.py: parameter counting, init, optimiser groups, MFU, sampling filters, checkpoint rebuild."""
+"""model.py: parameter counting, init, optimiser groups, MFU, checkpoint rebuild (generation and
+sampling: test_generation.py)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ from conftest import tiny_config
 
 from devices import estimate_mfu, peak_flops
 from gpt_conf import GPTConfig
-from model import GPT, sample_next
+from model import GPT
 
 
 def nanogpt_param_count(V, T, L, C, hidden):
@@ -64,28 +65,6 @@ def test_flops_and_mfu(monkeypatch):
     assert peak_flops("cuda", torch.float32) == 156e12  # TF32
 
 
-def test_sample_next_filters():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert sample_next(logits, temperature=0).item() == 0
-    gen = torch.Generator().manual_seed(0)
-    draws = {sample_next(logits, 1.0, top_k=2, generator=gen).item() for _ in range(300)}
-    assert draws == {0, 1}
-    draws = {sample_next(logits, 1.0, top_p=0.7, generator=gen).item() for _ in range(300)}
-    assert draws == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 stops there
-    draws = {sample_next(logits, 1.0, top_p=0.4, generator=gen).item() for _ in range(100)}
-    assert draws == {0}
-    draws = {sample_next(logits, 1.0, generator=gen).item() for _ in range(2000)}
-    assert draws == {0, 1, 2, 3}
-
-
-def test_generate_respects_vocab_limit():
-    m = GPT(tiny_config()).eval()
-    with torch.no_grad():
-        m.lm_head.weight[30:] += 5.0  # make the padding ids the most likely
-    out = m.generate(torch.zeros(1, 1, dtype=torch.long), 20, temperature=1.0, vocab_limit=30)
-    assert out.max() < 30
-
-
 def test_from_checkpoint_round_trip():
     m = GPT(tiny_config(position_variant="rope", softmax_variant_attn="consmax"))
     ckpt = {"model_config": m.config.to_dict(), "model": m.state_dict()}
@@ -99,15 +78,6 @@ def test_forward_rejects_too_long_input():
     m = GPT(tiny_config())
     with pytest.raises(ValueError, match="exceeds block_size 16"):
         m(torch.zeros(1, 17, dtype=torch.long))
-
-
-def test_output_normaliser_with_all_zero_weights_falls_back_to_softmax():
-    from variations.registry import create
-    relumax = create("softmax", "relumax", tiny_config())
-    logits = torch.tensor([[-3.0, -1.0, -2.0]])  # relu of every logit is 0
-    draws = {sample_next(logits, 1.0, normalizer=relumax, generator=torch.Generator().manual_seed(0)).item()
-             for _ in range(50)}
-    assert draws <= {0, 1, 2} and 1 in draws
 
 
 @pytest.mark.parametrize("placement", ["pre", "post", "peri"])

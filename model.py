@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from generation import Engine, sample_next, sampling_probs  # noqa: F401  (the samplers: re-exported for older imports)
+from generation import Engine
 from gpt_conf import GPTConfig
 from variations.attention import KVCache
 from variations.cost import Cost, total

@@ -64,6 +64,7 @@ SUMMARY_FIELDS: tuple[SummaryField, ...] = (
     SummaryField("device", False, "the device trained on"),
     SummaryField("dtype", False, "the autocast dtype"),
     SummaryField("world_size", True, "processes (torchrun)"),
+    SummaryField("threads", True, "torch's intra-op CPU threads during the run (--threads, else torch's default)"),
     SummaryField("sft", False, "losses are on completion tokens only (supervised fine-tuning)"),
     SummaryField("softmax_kernel", False, "the attention normaliser's backend: triton or torch"),
     SummaryField("learned_constants", False, "final values of the learned scalars of normalisers, activations and "

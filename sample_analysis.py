@@ -6,7 +6,7 @@ sample.py is the CLI (python sample.py --out_dir RUN --colorize_output --coloriz
 One record per generated token, taken at the step that chose it (`token_record`):
   probability  p(chosen token) under the distribution the sampler drew from: the raw logits divided by the
                temperature, top-k and top-p filtered, then normalised by the run's --softmax_variant_output
-               (model.sampling_probs; softmax by default). At temperature 0 (greedy) the sampler draws from
+               (generation.sampling_probs; softmax by default). At temperature 0 (greedy) the sampler draws from
                no distribution (it takes the arg max), so records then use temperature 1 with the same
                filters: the model's own distribution.
   logit        the chosen token's raw logit: the LM head's output, before temperature and filtering.

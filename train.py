@@ -133,11 +133,12 @@ class Trainer:
         return total
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean loss over eval_iters batches per split (the same batches every time), averaged over ranks."""
+    def evaluate(self) -> dict[str, float | None]:
+        """Mean loss over eval_iters batches per split (the same batches every time), averaged over ranks;
+        val is None when the data has no validation split (--sft_val_fraction 0)."""
         self.model.eval()
-        out = {}
-        for split in ("train", "val"):
+        out = {"val": None}
+        for split in self.data.eval_splits:
             gen = torch.Generator().manual_seed(self.tc.seed + EVAL_SEED_OFFSET + self.dd.rank)
             losses = []
             for _ in range(self.tc.eval_iters):
@@ -284,6 +285,9 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
     if model_config.vocab_size < meta["vocab_size"]:
         raise UserError(f"--vocab_size {model_config.vocab_size} is smaller than the data set's vocabulary "
                         f"({meta['vocab_size']}); drop the flag or raise it")
+    if tc.patience is not None and tc.sft_data and tc.sft_val_fraction == 0:
+        raise UserError("--patience stops on the validation loss, and --sft_val_fraction 0 holds out no examples; "
+                        "drop --patience or hold some out")
     if tc.tensorboard:
         summary_writer_class()  # the package is there
     return model_config, tc, meta, ckpt
@@ -301,6 +305,8 @@ def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
         print_variants()
         return None
     model_config, tc, meta, ckpt = build_configs(settings)
+    if tc.threads is not None:
+        torch.set_num_threads(tc.threads)
     dd = Distributed(tc.device)
     try:
         return _train(model_config, tc, meta, ckpt, dd, RunDir(tc.out_dir), on_eval)
@@ -368,7 +374,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             "mfu": estimate_mfu(model, tokens_per_s, peak) if tokens_per_s else None,
             "peak_memory_bytes": peak_memory_bytes(trainer.device), "wall_time_s": wall(),
             "device": str(trainer.device), "dtype": str(trainer.dtype).removeprefix("torch."),
-            "world_size": dd.world_size, "sft": bool(tc.sft_data),
+            "world_size": dd.world_size, "threads": torch.get_num_threads(), "sft": bool(tc.sft_data),
             "softmax_kernel": kernels.select(model_config.softmax_kernel, trainer.device.type)[0],
             "learned_constants": trainer.learned_constants,
             **per_token_summary(cost_rows),
@@ -387,7 +393,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             if (it % tc.eval_interval == 0 or done) and it != last_eval:
                 last_eval = it
                 losses = trainer.evaluate()
-                improved = losses["val"] < trainer.best_val_loss
+                improved = losses["val"] is not None and losses["val"] < trainer.best_val_loss
                 if improved:
                     trainer.best_val_loss, trainer.best_iter, trainer.evals_since_best = losses["val"], it, 0
                 else:
@@ -396,9 +402,9 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                 report.record({"iter": it, "type": "eval", "train_loss": losses["train"], "val_loss": losses["val"],
                                "lr": get_lr(it, tc), "tokens": it * trainer.tokens_per_iter, "wall_time_s": wall(),
                                **sft})
+                val = "n/a" if losses["val"] is None else f"{losses['val']:.4f}"
                 report.line(f"step {it}: {'completion-token ' if sft else ''}train loss {losses['train']:.4f}, "
-                            f"val loss {losses['val']:.4f}"
-                            f"{' (best)' if improved else ''}")
+                            f"val loss {val}{' (best)' if improved else ''}")
                 checkpoint(improved)
                 if dd.master:
                     run.write_summary(make_summary("running"))

@@ -59,7 +59,7 @@ class TrainConfig:
     # --- supervised fine-tuning ---
     sft_data: str = _f(None, "JSONL file of {prompt, completion} or {messages} lines: fine-tune on the assistant's "
                        "tokens only (losses are on completion tokens); usually with --init_from RUN", "fine-tuning")
-    sft_val_fraction: float = _f(0.1, "share of the SFT examples held out for validation (fixed split, at least one)", "fine-tuning")
+    sft_val_fraction: float = _f(0.1, "share of the SFT examples held out for validation (fixed split, at least one; 0: none, no validation)", "fine-tuning")
     sft_pack: bool = _f(True, "pack several whole SFT examples into each block_size row (off: one per row, padded)", "fine-tuning")
     # --- logging and output ---
     out_dir: str = _f(None, "run directory; default out/<dataset>", "logging")
@@ -75,6 +75,9 @@ class TrainConfig:
     dtype: str = _f("auto", "auto: bfloat16 on CUDA that supports it, float16 on other CUDA, else float32", "system", choices=DTYPES)
     compile: bool = _f(False, "torch.compile the model", "system")
     peak_flops: float = _f(None, "device peak FLOP/s for MFU; default from a table of common GPUs", "system")
+    threads: int = _f(None, "CPU threads of torch's intra-op work (torch.set_num_threads); default: torch's own "
+                      "(one per core). On a shared or busy machine give the number of free cores: threads that "
+                      "wait for a busy core slow every step", "system")
     gradient_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass instead of "
                                       "storing them: activation memory of one block, ~1/3 more compute", "system")
     fsdp: bool = _f(False, "under torchrun: shard weights, gradients and optimiser state over the processes "
@@ -82,6 +85,8 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1 (or unset for torch's default), got {self.threads}")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")

@@ -13,9 +13,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 from errors import ArgumentParser, UserError, run_cli
 from io_utils import read_data_file

@@ -19,8 +19,6 @@ import math
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from errors import ArgumentParser, UserError, closest, run_cli
 from optimization_and_search.results import latest_by_name, load_log

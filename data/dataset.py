@@ -30,6 +30,8 @@ class Batches(Protocol):
     """What the trainer needs of a data source. `batch` draws with the caller's generator alone, so a
     resumed run (which restores the generator) sees the same batches as an uninterrupted one."""
 
+    eval_splits: tuple[str, ...]  # the splits an evaluation reads: ("train", "val"), or ("train",) without validation
+
     def batch(self, split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y): (B, T) input ids and targets on the loader's device; a target of -1 is not trained."""
         ...
@@ -101,6 +103,8 @@ def load_meta(data_dir: str | Path) -> dict:
 class TokenData:
     """Random (B, T) windows from train.bin / val.bin, reading through a fresh np.memmap per batch
     (a long-lived memmap grows the process's memory as pages are touched; nanoGPT does the same)."""
+
+    eval_splits = SPLITS
 
     def __init__(self, meta: dict, batch_size: int, block_size: int, device: torch.device):
         self.meta, self.batch_size, self.block_size, self.device = meta, batch_size, block_size, device

@@ -11,7 +11,8 @@ Blank lines are skipped; any other bad line is a UserError naming the file and t
 
 An example of L tokens gives L - 1 (input, target) pairs; one longer than block_size + 1 tokens is cut
 to its first block_size + 1, and dropped if no trained token is left (both counted in `summary`). A
-fixed share of the examples (--sft_val_fraction, at least one) is held out for validation, the same
+fixed share of the examples (--sft_val_fraction, at least one; 0 holds none out and evaluates the
+training loss only) is held out for validation, the same
 for every seed. A batch is drawn with the caller's generator alone, like data/dataset.py's TokenData, so a
 resumed run sees the same batches. Rows of a batch either pack several whole examples one after the
 other (--sft_pack; an example never straddles two rows, and later examples attend to earlier ones of
@@ -92,7 +93,9 @@ def encode_example(template: ChatTemplate, messages: list[dict], block_size: int
 
 def split_indices(n: int, val_fraction: float) -> tuple[list[int], list[int]]:
     """(train, val) example indices: a fixed shuffle, round(n * val_fraction) held out, at least one,
-    and at least one left to train on."""
+    and at least one left to train on. val_fraction 0 holds none out (no validation)."""
+    if val_fraction == 0:
+        return list(range(n)), []
     if n < 2:
         raise UserError(f"SFT needs at least 2 examples (one is held out for validation), got {n}; add examples")
     n_val = min(max(1, round(n * val_fraction)), n - 1)
@@ -153,16 +156,22 @@ class SFTData:  # implements data.dataset.Batches
                 raise UserError(f"{path} line {number}: token id {int(x.max())} is outside the model's vocabulary "
                                 f"of {vocab_size}; the tokenizer and the model do not belong together")
             examples.append((x, y))
-        if len(examples) < 2:
+        needed = 1 if val_fraction == 0 else 2  # one to train on, one held out
+        if len(examples) < needed:
             raise UserError(f"{path}: {len(examples)} usable examples ({dropped} dropped: no completion token within "
-                            f"block_size + 1 = {block_size + 1} tokens); SFT needs at least 2; add examples "
+                            f"block_size + 1 = {block_size + 1} tokens); SFT needs at least {needed}; add examples "
                             "or raise --block_size")
         train_idx, val_idx = split_indices(len(examples), val_fraction)
-        self.splits = {"train": [examples[i] for i in train_idx], "val": [examples[i] for i in val_idx]}
+        self.splits = {"train": [examples[i] for i in train_idx]}
+        if val_idx:
+            self.splits["val"] = [examples[i] for i in val_idx]
+        self.eval_splits = tuple(self.splits)  # data.dataset.Batches: no "val" with --sft_val_fraction 0
         self.lengths = {s: [len(x) for x, _ in ex] for s, ex in self.splits.items()}
         positions = sum(len(x) for x, _ in examples)
         trained = sum(int((y >= 0).sum()) for _, y in examples)
-        self.summary = (f"sft data {path}: {len(examples)} examples ({len(train_idx)} train, {len(val_idx)} val), "
+        held_out = f"{len(val_idx)} val" if val_idx else "no validation: --sft_val_fraction 0, evaluations report " \
+            "the training loss only and no ckpt_best.pt is written"
+        self.summary = (f"sft data {path}: {len(examples)} examples ({len(train_idx)} train, {held_out}), "
                         f"{trained:,} of {positions:,} target tokens trained (completions); {truncated} cut to "
                         f"block_size + 1 = {block_size + 1} tokens, {dropped} dropped (no completion token within them); "
                         + ("packed rows" if pack else "one example per row, padded"))

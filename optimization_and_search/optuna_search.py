@@ -46,18 +46,14 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `python optimization_and_search/optuna_search.py` from anywhere
-    sys.path.insert(0, str(ROOT))
+import yaml
 
-import yaml  # noqa: E402
-
-from errors import ArgumentParser, UserError, run_cli, unknown_name_message  # noqa: E402
-from io_utils import atomic_write_bytes  # noqa: E402
-from optimization_and_search import launch  # noqa: E402
-from optimization_and_search.optuna_space import SearchSpace, choice_label, load_space, parse_train_flags  # noqa: E402
-from optimization_and_search.results import log_entry, plain, write_log  # noqa: E402
-from run_dir import numeric_summary_keys  # noqa: E402
+from errors import ArgumentParser, UserError, run_cli, unknown_name_message
+from io_utils import atomic_write_bytes
+from optimization_and_search import launch
+from optimization_and_search.optuna_space import SearchSpace, choice_label, load_space, parse_train_flags
+from optimization_and_search.results import log_entry, plain, write_log
+from run_dir import numeric_summary_keys
 
 MAXIMIZE = ("tokens_per_s", "mfu")  # objectives maximised unless --directions says otherwise
 

@@ -27,8 +27,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
@@ -150,8 +148,11 @@ def plan(sweep: Sweep, out_root: Path, logged: dict[str, dict], retry_failed: bo
 
 
 class Runner:
-    def __init__(self, sweep: Sweep, tasks: list[Task], log_path: Path, jobs: int, python: str, console):
+    def __init__(self, sweep: Sweep, tasks: list[Task], log_path: Path, jobs: int, python: str, console,
+                 threads: int | None = None):
         self.sweep, self.tasks, self.log_path, self.jobs, self.python = sweep, tasks, log_path, jobs, python
+        # every job's --threads (unless its settings give one): the cores shared out, for any job count
+        self.threads = threads or max(1, cpu_count() // jobs)
         self.console = console
         self.live = None
         self.gpus = visible_gpus()
@@ -168,14 +169,14 @@ class Runner:
             task.gpu = min(self.gpus, key=lambda g: self.gpu_load[g])
             self.gpu_load[task.gpu] += 1
             env["CUDA_VISIBLE_DEVICES"] = task.gpu
-        if self.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-            threads = str(max(1, cpu_count() // self.jobs))  # N processes share the cores, no oversubscription
-            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        if "OMP_NUM_THREADS" not in os.environ:  # N processes share the cores, no oversubscription
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         return env
 
     def start(self, task: Task):
-        task.run = launch.start(task.settings, task.out_dir, resume=task.resume, python=self.python,
-                                env=self.env_for(task))
+        settings = task.settings if task.settings.get("threads") else {**task.settings, "threads": self.threads}
+        task.run = launch.start(settings, task.out_dir, resume=task.resume, python=self.python, env=self.env_for(task))
+        task.run.settings = dict(task.settings)  # the log records the sweep's settings; --threads is the runner's
         task.started, task.started_at, task.state = task.run.started, task.run.started_at, "running"
         # after the start, which cleared a fresh run's stale summary: a marker never vouches for an old result
         atomic_write_json(task.out_dir / RUN_MARKER, {"settings": task.settings, "started_at": task.started_at})
@@ -430,6 +431,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out_root", help="folder of the run directories (default: out/<sweep name>)")
     p.add_argument("--log_dir", default="exploration_logs", help="folder of the result log <sweep name>.yaml")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (spread over the visible GPUs, else CPU processes)")
+    p.add_argument("--threads", type=int, help="CPU threads per run (train.py --threads; default: the cores divided "
+                   "by --jobs); a run's own threads setting wins")
     p.add_argument("--dry_run", action="store_true", help="print the run list and exit")
     p.add_argument("--retry_failed", action="store_true", help="run again the runs that failed earlier")
     p.add_argument("--csv", help="write the log's latest result per run as a flat table (settings + summary)")
@@ -439,6 +442,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     if shutil.which(args.python) is None:
         raise UserError(f"--python {args.python}: no such interpreter")
     name = args.name or Path(args.config).stem
@@ -465,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict:
         for t in tasks:
             if t.note:
                 print(f"{t.name}: {t.note}", flush=True)
-        runner = Runner(sweep, tasks, log_path, args.jobs, args.python, console)
+        runner = Runner(sweep, tasks, log_path, args.jobs, args.python, console, args.threads)
         todo = [t.name for t in runner.todo]
         if not todo and not any(t.state == "finished" for t in tasks):
             print(f"nothing to run: all {len(tasks)} runs of {name} are in {log_path}"

@@ -94,7 +94,7 @@ def test_sample_cli_prints_text(run_dir):
 
 def direct_distribution(row: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                         base: float = math.e) -> torch.Tensor:
-    """The sampling distribution written out independently of model.sampling_probs: (V,) raw logits ->
+    """The sampling distribution written out independently of generation.sampling_probs: (V,) raw logits ->
     probabilities of softmax with base `base` (strongermax; e = softmax) after temperature, top-k, top-p."""
     z = row.double() / temperature
     keep = torch.ones_like(z, dtype=torch.bool)

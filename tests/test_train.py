@@ -158,6 +158,20 @@ def test_resume_after_sigkill(char_data, tmp_path):
 
 # ------------------------------------------------------------------------ stopping
 
+def test_threads_setting_is_applied_and_recorded(char_data, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        summary = run(char_data, tmp_path / "t", "--max_iters", "2", "--threads", "1")
+        assert summary["threads"] == 1 and torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "t" / "config.json").read_text())["train"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    summary = run(char_data, tmp_path / "d", "--max_iters", "2")
+    assert summary["threads"] == before  # unset: torch's own count, recorded
+    with pytest.raises(UserError, match="--threads must be at least 1"):
+        run(char_data, tmp_path / "z", "--threads", "0")
+
+
 def test_early_stopping_with_patience(char_data, tmp_path):
     # a learning rate this large makes the loss worse after step 0, so no evaluation improves on it
     s = run(char_data, tmp_path / "p", "--max_iters", "100", "--eval_interval", "5", "--patience", "2",

@@ -4,12 +4,12 @@ Every class takes `(config)`; `forward(scores, mask=None)` maps scores (..., T_q
 the same shape and dtype. `mask` is a boolean tensor broadcastable to the scores, True where a key
 may be attended; masked positions get exactly zero weight, and a fully masked row is all zeros. A
 score of -inf counts as masked too (the limit of every formula here), so logits barred with -inf,
-as `model.generate` does, are safe. Work is done in fp32 (fp64 for fp64 input) and cast back;
+as `generation.mask_padding` does, are safe. Work is done in fp32 (fp64 for fp64 input) and cast back;
 results are clamped to the largest finite value of a half-precision dtype. `cost(rows, row_len)`
 counts the operations for `rows` rows of `row_len` scores (variations/cost.py).
 
 The same modules turn output logits (B, V) into sampling weights (`--softmax_variant_output`,
-model.sample_next), so every variant works on any shape (..., T_k) as well.
+generation.sample_next), so every variant works on any shape (..., T_k) as well.
 
 Two families:
   normalising  (softmax, strongermax, softermax, sigsoftmax): each row sums to one; they need a
@@ -56,7 +56,7 @@ POLYMAX_Y = knob("polymax_y_intercept", 1.0, "polymax: value at x = 0, reached l
 POLYMAX_POWER = knob("polymax_power", 2.0, "polymax: power p of the x^p piece for x >= 0 (>= 1: finite slope at 0)",
                      minimum=1.0)
 POLYMAX_DIVISOR = knob("polymax_divisor", 1000.0, "polymax: constant divisor of the weights (> 0)")
-STRONGERMAX_BASE = knob("strongermax_base", 2.0, "strongermax: base b of b^(x - max) / sum (> 1; e gives softmax)")
+STRONGERMAX_BASE = knob("strongermax_base", 2.0, "strongermax: base b of b^(x - max) / sum (> 1; e gives softmax; 2, the default, gives softermax's function)")
 SOFTERMAX_BLOCK = knob("softermax_block_size", 32, "softermax: keys per slice of the online max/sum pass",
                        minimum=1)
 RELUMAX_DIVISOR = knob("relumax_divisor", 256.0, "relumax: constant divisor of relu(x) (> 0)")
@@ -177,10 +177,10 @@ class Strongermax(Normalizer):
     """Strongermax (ReaLLM-Forge): b^(x - max) / sum(b^(x - max)), a softmax with base b = --strongermax_base.
 
     b^x = e^(x ln b), so this is softmax(x ln b): a base above e sharpens the weights (a lower
-    temperature), a base between 1 and e flattens them. b = 2 is the hardware-friendly base of
-    softermax (computed here in one pass rather than online).
+    temperature), a base between 1 and e flattens them. At its default b = 2 it computes exactly the
+    same function as softermax (the base-2 softmax; softermax only computes it online, in slices),
+    so the two train identically: choose another --strongermax_base to study the base itself.
     """
-
 
     def __init__(self, config):
         super().__init__()

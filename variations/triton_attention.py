@@ -13,7 +13,7 @@ Causal (the query of row i sits at absolute position T_k - T_q + i, as with the 
 local window, multi-head and grouped-query (query head h reads kv head h // (nh / nkv)), fp32 / bf16
 / fp16 inputs with fp32 accumulation. The score transforms are the jit functions of
 triton_softmax.py (`score_weight`, `score_weight_grad`), so both kernels compute the same formula as the torch
-reference in variations/softmax.py, which tests/test_triton_attention.py checks with TRITON_INTERPRET=1.
+reference in variations/softmax.py, which tests/variations/test_triton_attention.py checks with TRITON_INTERPRET=1.
 
 Backward: one kernel per key tile accumulates dK and dV over the query tiles (and over the query
 heads sharing a kv head), and the partial sums of dL/dbeta, dL/dgamma per query head; a second

@@ -10,7 +10,7 @@ the dtype's largest finite value and cast back, exactly as the torch reference d
     from variations.triton_softmax import fused_rows
     w = fused_rows(softmax_module, scores, causal=True)   # scores (B, nh, T_q, T_k) on CUDA
 
-The torch modules stay the source of truth; tests/test_triton_softmax.py compares the two on CPU
+The torch modules stay the source of truth; tests/variations/test_triton_softmax.py compares the two on CPU
 with TRITON_INTERPRET=1 (set before triton is imported). Each variant describes itself to the
 kernels with `kernel_spec(x) -> (transform name, params (G, 4) fp32)`: G = 1, or one row of
 parameters per head (consmax_v2), and the four slots hold the variant's scalars (learned ones first:

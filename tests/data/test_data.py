@@ -1,6 +1,6 @@
 """Tests of data preparation: tokenizers, prepare(), load_meta() and the embedded data sets.
 
-Run: python -m pytest tests/test_data.py -q   (a few seconds; no network)
+Run: python -m pytest tests/data/test_data.py -q   (a few seconds; no network)
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from data.prepare import DOC_SEPARATOR, main, prepare, token_dtype
 from data.tokenizer import TOKENIZERS, CharTokenizer, build_tokenizer, get_encoding, load_tokenizer
 from errors import UserError, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 SHAKESPEARE = """First Citizen:
 Before we proceed any further, hear me speak.

@@ -1,6 +1,6 @@
 """Activations and feed-forward blocks against their formulas written out here, independently of
 variations/: knobs, learned parameters, edge values, costs, GLU variants and the identity/none MLPs.
-(The generic forward/backward, half-precision and training checks are in tests/test_variations.py.)"""
+(The generic forward/backward, half-precision and training checks are in tests/variations/test_variations.py.)"""
 from __future__ import annotations
 
 import math

@@ -18,7 +18,7 @@ optuna = pytest.importorskip("optuna")
 from optimization_and_search import optuna_search as osearch  # noqa: E402
 from optimization_and_search import optuna_space  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOG_KEYS = {"name", "status", "exit_code", "out_dir", "started_at", "finished_at", "settings", "config", "summary"}
 
 

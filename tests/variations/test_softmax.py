@@ -10,7 +10,8 @@ import torch
 from torch.func import functional_call
 
 from errors import UserError
-from model import GPT, sample_next
+from generation import sample_next
+from model import GPT
 from variations.attention import causal_mask
 from variations.registry import create, names
 
@@ -280,3 +281,15 @@ def test_generate_with_each_output_normaliser(name):
     out = model.generate(torch.zeros(2, 1, dtype=torch.long), 5, temperature=1.0,
                          generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 6) and ((out >= 0) & (out < 37)).all()
+
+
+def test_strongermax_at_its_default_base_is_softermax():
+    """Documented in strongermax's docstring: base 2 is softermax's function (softermax computes it online)."""
+    cfg = tiny_config(block_size=40)
+    scores = torch.randn(2, 3, 40, 40) * 4
+    mask = causal_mask(40, 40, scores.device)
+    a = create("softmax", "strongermax", cfg)(scores, mask)
+    b = create("softmax", "softermax", cfg)(scores, mask)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    other = create("softmax", "strongermax", tiny_config(block_size=40, strongermax_base=4.0))(scores, mask)
+    assert not torch.allclose(other, b)

@@ -250,7 +250,8 @@ def test_split_truncation_and_dropping(tmp_path):
     assert split_indices(10, 0.2) == split_indices(10, 0.2)
     train_idx, val_idx = split_indices(10, 0.2)
     assert len(val_idx) == 2 and sorted(train_idx + val_idx) == list(range(10))
-    assert len(split_indices(5, 0.0)[1]) == 1 and len(split_indices(2, 0.9)[1]) == 1  # at least one each side
+    assert len(split_indices(5, 0.01)[1]) == 1 and len(split_indices(2, 0.9)[1]) == 1  # at least one each side
+    assert split_indices(5, 0.0) == ([0, 1, 2, 3, 4], []) and split_indices(1, 0.0) == ([0], [])  # 0: none held out
     with pytest.raises(UserError, match="at least 2 examples"):
         split_indices(1, 0.1)
     tok = CharTokenizer(CHARS)
@@ -300,6 +301,24 @@ def test_fine_tuned_model_reproduces_the_completions(pretrained, tmp_path):
     for prompt, completion in (PAIRS[i] for i in train_idx):
         reply = greedy_reply(model, tok, template, prompt, len(completion) + 2)
         assert reply == completion + "\n\n"  # the answer, then the stop marker
+
+
+def test_no_validation_split_trains_on_every_example(pretrained, tmp_path, capsys):
+    """--sft_val_fraction 0: every example is trained on (all 4 completions come back), evaluations
+    report the training loss only (val_loss null), no best checkpoint, and the log says so once."""
+    summary = sft(pretrained, pairs_file(tmp_path), tmp_path / "all", "--max_iters", "150", "--eval_interval", "50",
+                  "--learning_rate", "3e-3", "--no-decay_lr", "--warmup_iters", "0", "--sft_val_fraction", "0")
+    assert summary["best_val_loss"] is None and summary["final_val_loss"] is None and summary["iters"] == 150
+    evals = [r for r in read_metrics(tmp_path / "all") if r["type"] == "eval"]
+    assert [r["iter"] for r in evals] == [0, 50, 100, 150] and all(r["val_loss"] is None for r in evals)
+    assert not (tmp_path / "all" / "ckpt_best.pt").exists()
+    assert capsys.readouterr().out.count("no validation: --sft_val_fraction 0") == 1
+    model, tok, _ = load_run(tmp_path / "all")  # best falls back to the last checkpoint
+    template = ChatTemplate(tok)
+    for prompt, completion in PAIRS:
+        assert greedy_reply(model, tok, template, prompt, len(completion) + 2) == completion + "\n\n"
+    with pytest.raises(UserError, match="--patience stops on the validation loss"):
+        sft(pretrained, pairs_file(tmp_path), tmp_path / "p", "--sft_val_fraction", "0", "--patience", "2")
 
 
 def test_init_from_loads_the_weights_and_fresh_state(pretrained, char_data, tmp_path):

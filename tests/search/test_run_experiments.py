@@ -72,6 +72,9 @@ def test_two_run_sweep_in_parallel_log_and_csv(tmp_path, char_data):
         summary = json.loads((tmp_path / "out" / d["name"] / "summary.json").read_text())
         assert d["summary"] == summary and summary["status"] == "completed" and summary["iters"] == 6
         assert {"best_val_loss", "num_params", "macs_per_token", "tokens_per_s", "wall_time_s"} <= set(summary)
+        # every job gets --threads: the cores shared out (not logged as a setting: the sweep did not set it)
+        expected_threads = max(1, run_experiments.cpu_count() // 2)
+        assert d["config"]["train"]["threads"] == expected_threads and summary["threads"] == expected_threads
     with open(tmp_path / "s.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["name"] for r in rows) == ["sva-consmax", "sva-softmax"]
@@ -218,3 +221,7 @@ def test_runs_are_spread_over_gpus_and_share_the_cpu_cores(monkeypatch):
     assert {e["OMP_NUM_THREADS"] for e in envs} == {"2"}
     runner.release(tasks[1])  # GPU 3 is free again
     assert runner.env_for(run_experiments.Task("t3", {}, Path("x")))["CUDA_VISIBLE_DEVICES"] == "3"
+    # threads for any job count, one job included; --threads overrides the share
+    assert run_experiments.Runner(None, [], None, jobs=1, python=sys.executable, console=None).threads == 8
+    assert run_experiments.Runner(None, [], None, jobs=3, python=sys.executable, console=None).threads == 2
+    assert run_experiments.Runner(None, [], None, jobs=1, python=sys.executable, console=None, threads=3).threads == 3

@@ -1,7 +1,7 @@
 """data/train_tokenizer.py and the bpe tokenizer: deterministic training, exact round trips, special
 tokens kept out of encoded text, self-contained meta, and a bpe data set through train.py and sample.py.
 
-Run: python -m pytest tests/test_train_tokenizer.py -q   (a few seconds; one play, vocab 512)
+Run: python -m pytest tests/data/test_train_tokenizer.py -q   (a few seconds; one play, vocab 512)
 """
 from __future__ import annotations
 

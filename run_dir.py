@@ -25,7 +25,7 @@ from errors import UserError
 from io_utils import atomic_torch_save, atomic_write_json, load_checkpoint, read_json
 
 CONFIG = "config.json"
-META = "meta.json"
+META = "meta.json"  # the data set's description (data.dataset.META), copied into the run
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 COST = "cost.json"

@@ -56,13 +56,13 @@ import time
 from pathlib import Path
 from unittest import mock
 
-
 import torch
 
 import train
 import train_args
 from devices import DTYPES, choose_device, choose_dtype, peak_flops
 from model import GPT
+from run_dir import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -279,7 +279,7 @@ def run_ours(argv: list[str], out_dir: Path, device: torch.device, tokens_per_it
         summary = train.main(argv)
     period_ms = {k + 1: 1000 * (b - a) for k, (a, b) in enumerate(zip(starts, starts[1:]))}  # steps 1..N-1
     own_ms = {}
-    for line in (out_dir / "metrics.jsonl").read_text().splitlines():
+    for line in (out_dir / METRICS).read_text().splitlines():
         rec = json.loads(line)
         if rec.get("type") == "train" and rec.get("iter_time_ms") is not None:
             own_ms[rec["iter"]] = rec["iter_time_ms"]

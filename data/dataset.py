@@ -23,6 +23,7 @@ from errors import UserError
 DATA_ROOT = Path(__file__).resolve().parent
 EMBEDDED_DATASETS = ("shakespeare_char", "shakespeare")  # folders with their own prepare.py
 SPLITS = ("train", "val")
+META = "meta.json"  # a prepared folder's description (tokenizer, sizes); a run keeps a copy (run_dir.META)
 
 
 @runtime_checkable
@@ -68,7 +69,7 @@ def load_meta(data_dir: str | Path) -> dict:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data directory {data_dir} not found; prepare it with: {prepare_command(data_dir)}")
-    meta_path = data_dir / "meta.json"
+    meta_path = data_dir / META
     if not meta_path.is_file():
         raise UserError(f"{meta_path} not found (data set not prepared, or prepare was interrupted); "
                         f"prepare it with: {prepare_command(data_dir)}")

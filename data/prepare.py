@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-
 import numpy as np
 
+from data.dataset import META
 from data.tokenizer import TOKENIZERS, TRAIN_HINT, BPETokenizer, TiktokenTokenizer, Tokenizer, build_tokenizer
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from io_utils import atomic_write_bytes
@@ -155,10 +155,10 @@ def prepare(inputs: Iterable[str | Path] | str | Path, out_dir: str | Path, toke
     out_dir.mkdir(parents=True, exist_ok=True)
     # meta.json goes first and comes back last: a prepare killed in between leaves no meta.json,
     # rather than an old one that disagrees with the new .bin files
-    (out_dir / "meta.json").unlink(missing_ok=True)
+    (out_dir / META).unlink(missing_ok=True)
     atomic_write_bytes(out_dir / "train.bin", np.asarray(train_ids, dtype=dtype).tobytes())
     atomic_write_bytes(out_dir / "val.bin", np.asarray(val_ids, dtype=dtype).tobytes())
-    atomic_write_bytes(out_dir / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(out_dir / META, (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
     print(f"{len(docs)} documents, {tokenizer} tokenizer, vocab {tok.vocab_size}: "
           f"train {len(train_ids):,} tokens, val {len(val_ids):,} tokens ({dtype.name}) -> {out_dir}")

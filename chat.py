@@ -34,7 +34,7 @@ from rich.text import Text
 from data.chat_template import ChatTemplate
 from devices import choose_device
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
-from generation import Engine
+from generation import Engine, check_sampling
 from gpt_conf import GPTConfig
 from run_dir import CHECKPOINT_CHOICES, SUMMARY, RunDir, load_run
 
@@ -42,32 +42,25 @@ SIZE_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "vocab_
 
 
 # ---------------------------------------------------------------------------------------- settings
-def _number(text: str, kind, ok, expected: str):
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or not ok(value):
-        raise UserError(f"needs {expected}, got '{text}'")
-    return value
-
-
 def parse_temperature(text: str) -> float:
-    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0: greedy)")
+    return check_sampling("temperature", text)
 
 
 def parse_top_k(text: str) -> int:
-    return _number(text, int, lambda v: v >= 0, "an integer >= 0 (0: every token)")
+    return check_sampling("top_k", text)
 
 
 def parse_top_p(text: str) -> float | None:
     if str(text).lower() in ("off", "none"):
         return None
-    return _number(text, float, lambda v: 0 < v <= 1, "a number in (0, 1], or off")
+    try:
+        return check_sampling("top_p", text)
+    except UserError as e:
+        raise UserError(f"{e}".replace(", got", ", or off, got", 1)) from None
 
 
 def parse_max_new_tokens(text: str) -> int:
-    return _number(text, int, lambda v: v >= 1, "an integer >= 1")
+    return check_sampling("max_new_tokens", text)
 
 
 @dataclass

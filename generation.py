@@ -17,15 +17,47 @@ uncached generation (use_cache=False) does: the same tokens either way.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
 
+from errors import UserError
 from variations.registry import create
 
 # on_step(logits (B, V), next_ids (B, 1)) -> True to stop; see Engine.generate
 OnStep = Callable[[torch.Tensor, torch.Tensor], "bool | None"]
+
+# A million new tokens is hours of a small model's decoding (past block_size each token reruns the whole
+# window); a larger --max_new_tokens is a typo that would look like a hang.
+MAX_NEW_TOKENS = 1_000_000
+# sampling setting -> (type, test, a valid value in words): sample.py's flags and chat.py's flags and
+# /commands all check through check_sampling
+SAMPLING_RULES = {
+    "temperature": (float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0 (0: greedy)"),
+    "top_k": (int, lambda v: v >= 0, "an integer >= 0 (0: every token)"),
+    "top_p": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),  # NaN fails every comparison
+    "max_new_tokens": (int, lambda v: 1 <= v <= MAX_NEW_TOKENS, f"an integer from 1 to {MAX_NEW_TOKENS:,}"),
+}
+
+
+def check_sampling(name: str, value):
+    """`value` of sampling setting `name` (a number, or the text typed) as the sampler takes it; a bad
+    one is a UserError 'needs <a valid value>, got <value>' for the caller to prefix with its flag or
+    command. None (unset) passes."""
+    kind, ok, expected = SAMPLING_RULES[name]
+    if value is None:
+        return None
+    try:
+        number = kind(value) if isinstance(value, str) else value
+    except ValueError:
+        number = None
+    typed = isinstance(number, kind) or (kind is float and isinstance(number, int))
+    if not typed or isinstance(number, bool) or not ok(number):
+        shown = f"'{value}'" if isinstance(value, str) else value
+        raise UserError(f"needs {expected}, got {shown}")
+    return kind(number)
 
 
 # ---------------------------------------------------------------------------------------- sampling

@@ -46,9 +46,11 @@ def check_value(name: str, value, typ: type, meta, where: str = "", flag: bool =
     """The one check of a setting's value (train_args.Setting.check and GPTConfig both call it).
 
     `meta` is the field's metadata: `registry` (the value names registered variants; normalised),
-    `choices`, `minimum`. Numbers written as strings (YAML reads 1e-3 as a string) are parsed as a
-    flag would be; a per-layer list may be one space-separated string. Returns the value as stored;
-    a bad one is a one-line UserError naming the setting (`--name` when `flag`) after `where: `."""
+    `choices`, and the bounds `minimum` / `maximum` (inclusive) and `above` / `below` (exclusive).
+    A float must be finite (NaN and infinity are refused). Numbers written as strings (YAML reads
+    1e-3 as a string) are parsed as a flag would be; an int is written in digits ('1e8' is refused,
+    with the digits to write); a per-layer list may be one space-separated string. Returns the value
+    as stored; a bad one is a one-line UserError naming the setting (`--name` when `flag`) after `where: `."""
     at = f"{where}: " if where else ""
     label = f"--{name}" if flag else f"setting '{name}'"
     if value is None:
@@ -62,9 +64,11 @@ def check_value(name: str, value, typ: type, meta, where: str = "", flag: bool =
         value = value.split()
     if typ in _TYPE_OK and not _TYPE_OK[typ](value):
         what = "a non-empty list of names" if typ is list else typ.__name__
-        raise UserError(f"{at}{label} must be {what}, got {value!r}")
+        raise UserError(f"{at}{label} must be {what}, got {value!r}{_digits_hint(typ, value)}")
     if typ is float:
         value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"{at}{label} must be a finite number, got {value}")
     kind = meta.get("registry")
     if kind is not None:
         for v in value if isinstance(value, list) else [value]:
@@ -77,10 +81,50 @@ def check_value(name: str, value, typ: type, meta, where: str = "", flag: bool =
     if choices is not None and value not in choices:
         what = f"value for --{name}" if flag else f"value for '{name}'"
         raise UserError(at + unknown_name_message(what, str(value), choices))
-    minimum = meta.get("minimum")
-    if minimum is not None and value < minimum:
-        raise UserError(f"{at}{label} must be at least {minimum}, got {value}")
+    if typ in (int, float) and not _in_bounds(value, meta):
+        raise UserError(f"{at}{label} must be {bounds_text(meta)}, got {value}")
     return value
+
+
+BOUNDS = ("minimum", "maximum", "above", "below")  # the metadata keys of a number's range
+
+
+def _in_bounds(value, meta) -> bool:
+    lo, hi, above, below = (meta.get(k) for k in BOUNDS)
+    return ((lo is None or value >= lo) and (hi is None or value <= hi)
+            and (above is None or value > above) and (below is None or value < below))
+
+
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def bounds_text(meta) -> str:
+    """The range a field's metadata declares, in words: 'in [0, 1)', 'at least 1', 'positive', ''."""
+    lo = ("[", meta["minimum"]) if meta.get("minimum") is not None else \
+        ("(", meta["above"]) if meta.get("above") is not None else None
+    hi = ("]", meta["maximum"]) if meta.get("maximum") is not None else \
+        (")", meta["below"]) if meta.get("below") is not None else None
+    if lo and hi:
+        return f"in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
+    if lo:
+        if lo == ("(", 0):
+            return "positive"
+        return f"at least {_num(lo[1])}" if lo[0] == "[" else f"greater than {_num(lo[1])}"
+    if hi:
+        return f"at most {_num(hi[1])}" if hi[0] == "]" else f"less than {_num(hi[1])}"
+    return ""
+
+
+def _digits_hint(typ: type, value) -> str:
+    """' (an int is written in digits: 100000000)' for an int typed as 1e8 (flags, YAML) or 1e8 (JSON)."""
+    if typ is not int or not isinstance(value, (str, float)) or isinstance(value, bool):
+        return ""
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    return f" (an int is written in digits: {int(number)})" if math.isfinite(number) and number.is_integer() else ""
 
 
 _type_hints = functools.cache(typing.get_type_hints)  # per class: __post_init__ runs for every layer
@@ -94,13 +138,16 @@ def _f(default, help: str, **meta):
 @dataclass
 class _CoreConfig:
     # --- size (nanoGPT's names) ---
-    block_size: int = _f(256, "context length in tokens")
-    vocab_size: int = _f(None, "vocabulary size; default: the data set's, padded to a multiple of 64 above 256")
-    n_layer: int = _f(6, "number of transformer blocks")
-    n_head: int = _f(6, "query heads per attention layer")
-    n_kv_head: int = _f(None, "key/value heads (grouped-query attention; 1 = multi-query); default: n_head")
-    n_embd: int = _f(384, "residual stream width")
-    dropout: float = _f(0.0, "dropout probability (embeddings, attention weights, residual branches)")
+    block_size: int = _f(256, "context length in tokens", minimum=1)
+    vocab_size: int = _f(None, "vocabulary size; default: the data set's, padded to a multiple of 64 above 256",
+                         minimum=1, maximum=2**32)  # token ids are stored as uint32 at most
+    n_layer: int = _f(6, "number of transformer blocks", minimum=1)
+    n_head: int = _f(6, "query heads per attention layer", minimum=1)
+    n_kv_head: int = _f(None, "key/value heads (grouped-query attention; 1 = multi-query); default: n_head",
+                         minimum=1)
+    n_embd: int = _f(384, "residual stream width", minimum=1)
+    dropout: float = _f(0.0, "dropout probability (embeddings, attention weights, residual branches)",
+                          minimum=0.0, below=1.0)
     bias: bool = _f(False, "bias terms in linear layers and layernorm")
 
     # --- components: names from the registry (python train.py --list_variants) ---
@@ -122,9 +169,11 @@ class _CoreConfig:
     norm_placement_attn: str = _f("pre", "norm around attention: pre (x + f(n(x))), post (n(x + f(x))), "
                                   "peri (x + n(f(n(x))))", choices=NORM_PLACEMENTS)
     norm_placement_mlp: str = _f("pre", "norm around the feed-forward block: pre, post or peri", choices=NORM_PLACEMENTS)
-    mlp_expansion_factor: float = _f(4.0, "feed-forward hidden width as a multiple of n_embd")
-    mlp_hidden_size: int = _f(None, "explicit feed-forward hidden width (overrides mlp_expansion_factor)")
-    init_std: float = _f(0.02, "std of the normal weight init (residual projections: / sqrt(2 n_layer))")
+    mlp_expansion_factor: float = _f(4.0, "feed-forward hidden width as a multiple of n_embd", above=0.0)
+    mlp_hidden_size: int = _f(None, "explicit feed-forward hidden width (overrides mlp_expansion_factor)",
+                             minimum=1)
+    init_std: float = _f(0.02, "std of the normal weight init (residual projections: / sqrt(2 n_layer))",
+                         minimum=0.0)
     softmax_kernel: str = _f("auto", "implementation of non-softmax attention normalisers: triton (fused "
                              "kernels), torch (reference), auto (triton on CUDA when importable)",
                              choices=KERNEL_CHOICES)
@@ -142,27 +191,18 @@ class _CoreConfig:
             setattr(self, f.name, check_value(f.name, getattr(self, f.name), base_type(hints[f.name]), f.metadata,
                                               flag=True))
 
-        for name in ("n_layer", "n_head", "n_embd", "block_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise UserError(f"--n_embd {self.n_embd} is not divisible by --n_head {self.n_head}; "
                             f"pick n_embd as a multiple of n_head (e.g. {self.n_head * max(1, round(self.n_embd / self.n_head))})")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+        if self.n_head % self.n_kv_head:
             raise UserError(f"--n_head {self.n_head} is not divisible by --n_kv_head {self.n_kv_head}; "
                             "n_kv_head must divide n_head (n_head = plain multi-head, 1 = multi-query)")
         if self.position_variant == "rope" and self.head_dim % 2:
             raise UserError(f"--position_variant rope needs an even head size, got n_embd/n_head = {self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.vocab_size is not None and self.vocab_size < 1:
-            raise UserError(f"--vocab_size must be positive, got {self.vocab_size}")
         if self.mlp_hidden_size is None:
-            self.mlp_hidden_size = int(math.ceil(self.mlp_expansion_factor * self.n_embd))
-        if self.mlp_hidden_size < 1:
-            raise UserError(f"--mlp_hidden_size must be at least 1, got {self.mlp_hidden_size}")
+            self.mlp_hidden_size = int(math.ceil(self.mlp_expansion_factor * self.n_embd))  # >= 1: both > 0
         if self.norm_variant_final is None:
             self.norm_variant_final = self.norm_variant
         for site in LINEAR_SITES:
@@ -224,3 +264,22 @@ def component_flags(kind: str) -> list[str]:
 def pad_vocab(n: int) -> int:
     """Round a data set's vocabulary up to a multiple of 64 (faster matmuls), as nanoGPT's 50304."""
     return n if n <= 256 else 64 * math.ceil(n / 64)
+
+
+def estimate_train_bytes(config: GPTConfig, batch_size: int, gradient_checkpointing: bool = False,
+                         shards: int = 1) -> int:
+    """A low estimate of the memory one training step of `batch_size` sequences needs, in bytes.
+
+    Parameters: float32 weights, gradients and AdamW's two moments (16 bytes each; FSDP divides them
+    over `shards`). Activations per token (Korthikanti et al. 2022, 16-bit values, attention scores
+    left out as fused kernels keep none): 34 * n_embd bytes per block, or 2 * n_embd per block plus one
+    block's 34 * n_embd with gradient checkpointing; plus the float32 logits (4 * vocab_size). float32
+    activations and the attention scores of unfused kernels only add to it, so a run estimated above a
+    device's memory cannot fit there (train_args.check_fits refuses it before anything is allocated)."""
+    d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size or 0
+    kv_dim = config.n_kv_head * config.head_dim
+    per_layer = d * (d + 2 * kv_dim) + d * d + 2 * d * config.mlp_hidden_size
+    params = layers * per_layer + vocab * d + config.block_size * d
+    tokens = batch_size * config.block_size
+    per_token = (2 * d * layers + 34 * d) if gradient_checkpointing else 34 * d * layers
+    return 16 * params // max(shards, 1) + tokens * (per_token + 4 * vocab)

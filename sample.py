@@ -45,11 +45,11 @@ from rich.progress import track
 from rich.table import Table
 
 import sample_analysis
-from data.dataset import load_meta, resolve_data_dir
+from data.dataset import check_token_ids, load_meta, resolve_data_dir
 from data.tokenizer import load_tokenizer
 from devices import DTYPES, autocast, choose_device, choose_dtype
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
-from generation import Engine, build_normalizer, sampling_probs
+from generation import MAX_NEW_TOKENS, SAMPLING_RULES, Engine, build_normalizer, check_sampling, sampling_probs
 from io_utils import atomic_write_json
 from model import GPT
 from run_dir import CHECKPOINT_CHOICES, load_run
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("sampling")
     s.add_argument("--start", default=None, help="prompt text, or FILE:path to read it from a file (default: a newline)")
     s.add_argument("--num_samples", type=int, default=1, help="independent samples to draw (per prompt)")
-    s.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate per sample")
+    s.add_argument("--max_new_tokens", type=int, default=500,
+                   help=f"tokens to generate per sample (1 to {MAX_NEW_TOKENS:,})")
     s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
     s.add_argument("--top_k", type=int, default=200, help="keep the k most likely tokens (0: all)")
     s.add_argument("--top_p", type=float, default=None, help="nucleus sampling: keep the smallest set with this mass")
@@ -191,12 +192,13 @@ def check_args(args: argparse.Namespace) -> None:
     for name in EVAL_ONLY:
         if given(name):
             raise UserError(f"--{name} applies only with --eval_only; add --eval_only")
-    if args.num_samples < 1 or args.max_new_tokens < 0:
-        raise UserError("--num_samples must be at least 1 and --max_new_tokens at least 0")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must not be negative, got {args.temperature}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.num_samples < 1:
+        raise UserError(f"--num_samples must be at least 1, got {args.num_samples}")
+    for name in SAMPLING_RULES:  # the rules chat.py's flags and commands share (generation.py)
+        try:
+            setattr(args, name, check_sampling(name, getattr(args, name)))
+        except UserError as e:
+            raise UserError(f"--{name} {e}") from None
     if args.colorize_mode is not None:
         if args.colorize_mode not in sample_analysis.COLOR_MODES:
             raise UserError("--colorize_mode: " + unknown_name_message(
@@ -355,6 +357,7 @@ def evaluate(model: GPT, tok, ckpt: dict, args, console: Console) -> dict:
         raise UserError(f"the tokenizer of --eval_dataset {args.eval_dataset} ({describe(data_tok)}) differs from "
                         f"the one run {args.out_dir} was trained with ({describe(tok)}); evaluate on a data set "
                         "prepared with the run's tokenizer")
+    check_token_ids(meta, model.config.vocab_size)
     split = args.eval_split or "val"
     data = np.memmap(data_dir / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
     if len(data) < 2:

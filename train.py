@@ -31,7 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import train_args
-from data.dataset import TokenData, load_meta, resolve_data_dir
+from data.dataset import TokenData, check_token_ids, load_meta, resolve_data_dir
 from data.sft import SFTData
 from data.tokenizer import load_tokenizer
 from devices import autocast, choose_dtype, estimate_mfu, peak_flops, peak_memory_bytes
@@ -285,6 +285,9 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
     if model_config.vocab_size < meta["vocab_size"]:
         raise UserError(f"--vocab_size {model_config.vocab_size} is smaller than the data set's vocabulary "
                         f"({meta['vocab_size']}); drop the flag or raise it")
+    if not tc.sft_data:  # refused before anything is written: ids past the vocabulary, then sizes past memory
+        check_token_ids(meta, model_config.vocab_size)
+    train_args.check_fits(model_config, tc)
     if tc.patience is not None and tc.sft_data and tc.sft_val_fraction == 0:
         raise UserError("--patience stops on the validation loss, and --sft_val_fraction 0 holds out no examples; "
                         "drop --patience or hold some out")

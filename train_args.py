@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import re
 import sys
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -22,8 +24,8 @@ from pathlib import Path
 
 from errors import ArgumentParser, UserError, unknown_name_message
 from io_utils import read_data_file
-from devices import DTYPES
-from gpt_conf import GPTConfig, base_type, check_value
+from devices import DTYPES, choose_device
+from gpt_conf import BOUNDS, GPTConfig, base_type, check_value, estimate_train_bytes
 
 INIT_FROM = ("scratch", "resume")  # or a run directory / checkpoint file to take the weights from
 
@@ -37,21 +39,27 @@ class TrainConfig:
     # --- data ---
     dataset: str = _f("shakespeare_char", "data set: a folder under data/ or a path holding train.bin, val.bin, meta.json", "data")
     # --- training ---
-    batch_size: int = _f(12, "sequences per micro-batch (per process)", "training")
-    gradient_accumulation_steps: int = _f(1, "micro-batches per optimiser step, summed over all processes", "training")
-    max_iters: int = _f(5000, "optimiser steps to train for", "training")
-    max_seconds: float = _f(None, "stop after this much wall time (seconds, summed over resumes)", "training")
-    max_tokens: int = _f(None, "stop after this many training tokens", "training")
-    learning_rate: float = _f(6e-4, "peak learning rate", "training")
-    min_lr: float = _f(None, "final learning rate of the cosine decay; default learning_rate / 10", "training")
-    warmup_iters: int = _f(100, "linear warmup steps", "training")
-    lr_decay_iters: int = _f(None, "step where the cosine decay reaches min_lr; default max_iters", "training")
+    batch_size: int = _f(12, "sequences per micro-batch (per process); a run whose estimated memory "
+                         "(gpt_conf.estimate_train_bytes) exceeds the device's is refused before it starts",
+                         "training", minimum=1)
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimiser step, summed over all processes", "training",
+                                          minimum=1)
+    max_iters: int = _f(5000, "optimiser steps to train for", "training", minimum=0)
+    max_seconds: float = _f(None, "stop after this much wall time (seconds, summed over resumes)", "training", above=0.0)
+    max_tokens: int = _f(None, "stop after this many training tokens", "training", minimum=1)
+    learning_rate: float = _f(6e-4, "peak learning rate", "training", above=0.0)
+    min_lr: float = _f(None, "final learning rate of the cosine decay; default learning_rate / 10", "training",
+                       minimum=0.0)
+    warmup_iters: int = _f(100, "linear warmup steps", "training", minimum=0)
+    lr_decay_iters: int = _f(None, "step where the cosine decay reaches min_lr; default max_iters", "training",
+                              minimum=1)
     decay_lr: bool = _f(True, "warmup + cosine schedule (off: constant learning_rate)", "training")
-    weight_decay: float = _f(0.1, "AdamW weight decay (matrices and embeddings only)", "training")
-    beta1: float = _f(0.9, "AdamW beta1", "training")
-    beta2: float = _f(0.95, "AdamW beta2", "training")
-    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)", "training")
-    patience: int = _f(None, "early stopping: evaluations without a better val loss before stopping", "training")
+    weight_decay: float = _f(0.1, "AdamW weight decay (matrices and embeddings only)", "training", minimum=0.0)
+    beta1: float = _f(0.9, "AdamW beta1", "training", minimum=0.0, below=1.0)
+    beta2: float = _f(0.95, "AdamW beta2", "training", minimum=0.0, below=1.0)
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)", "training", minimum=0.0)
+    patience: int = _f(None, "early stopping: evaluations without a better val loss before stopping", "training",
+                        minimum=1)
     seed: int = _f(1337, "random seed (weights, dropout, batches)", "training")
     init_from: str = _f("scratch", "scratch: a new model; resume: continue the run in out_dir from ckpt_last.pt; "
                         "RUN (a run directory or checkpoint file): start from its weights, model config and tokenizer "
@@ -59,14 +67,15 @@ class TrainConfig:
     # --- supervised fine-tuning ---
     sft_data: str = _f(None, "JSONL file of {prompt, completion} or {messages} lines: fine-tune on the assistant's "
                        "tokens only (losses are on completion tokens); usually with --init_from RUN", "fine-tuning")
-    sft_val_fraction: float = _f(0.1, "share of the SFT examples held out for validation (fixed split, at least one; 0: none, no validation)", "fine-tuning")
+    sft_val_fraction: float = _f(0.1, "share of the SFT examples held out for validation (fixed split, at least one; 0: none, no validation)", "fine-tuning",
+                                     minimum=0.0, below=1.0)
     sft_pack: bool = _f(True, "pack several whole SFT examples into each block_size row (off: one per row, padded)", "fine-tuning")
     # --- logging and output ---
     out_dir: str = _f(None, "run directory; default out/<dataset>", "logging")
     overwrite: bool = _f(False, "start from scratch in an out_dir that already holds a run, replacing it", "logging")
-    eval_interval: int = _f(250, "evaluate (and checkpoint) every this many steps", "logging")
-    eval_iters: int = _f(20, "batches per split in each evaluation", "logging")
-    log_interval: int = _f(10, "log the training loss every this many steps", "logging")
+    eval_interval: int = _f(250, "evaluate (and checkpoint) every this many steps", "logging", minimum=1)
+    eval_iters: int = _f(20, "batches per split in each evaluation", "logging", minimum=1)
+    log_interval: int = _f(10, "log the training loss every this many steps", "logging", minimum=1)
     print_cost: bool = _f(False, "print the hardware cost per component (MACs, exp, div, ... per token) before training", "logging")
     tensorboard: bool = _f(False, "also write the logged scalars (losses, lr, tokens/s, MFU) to OUT_DIR/tensorboard/ "
                            "(needs: pip install tensorboard)", "logging")
@@ -74,33 +83,20 @@ class TrainConfig:
     device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", "system")
     dtype: str = _f("auto", "auto: bfloat16 on CUDA that supports it, float16 on other CUDA, else float32", "system", choices=DTYPES)
     compile: bool = _f(False, "torch.compile the model", "system")
-    peak_flops: float = _f(None, "device peak FLOP/s for MFU; default from a table of common GPUs", "system")
+    peak_flops: float = _f(None, "device peak FLOP/s for MFU; default from a table of common GPUs", "system", above=0.0)
     threads: int = _f(None, "CPU threads of torch's intra-op work (torch.set_num_threads); default: torch's own "
                       "(one per core). On a shared or busy machine give the number of free cores: threads that "
-                      "wait for a busy core slow every step", "system")
+                      "wait for a busy core slow every step", "system", minimum=1)
     gradient_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass instead of "
                                       "storing them: activation memory of one block, ~1/3 more compute", "system")
     fsdp: bool = _f(False, "under torchrun: shard weights, gradients and optimiser state over the processes "
                     "(FSDP2 fully_shard per block) instead of replicating them (DDP)", "system")
 
     def __post_init__(self):
-        positive = ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be at least 1 (or unset for torch's default), got {self.threads}")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_iters", "warmup_iters"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name} must not be negative, got {getattr(self, name)}")
-        for name in ("max_seconds", "max_tokens", "patience", "lr_decay_iters"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UserError(f"--{name} must be positive, got {value}")
-        if self.learning_rate <= 0:
-            raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.sft_val_fraction < 1:
-            raise UserError(f"--sft_val_fraction must be in [0, 1), got {self.sft_val_fraction}")
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # each value, by the same check as flags and config files (its metadata)
+            setattr(self, f.name, check_value(f.name, getattr(self, f.name), base_type(hints[f.name]), f.metadata,
+                                              flag=True))
         if self.min_lr is None:
             self.min_lr = self.learning_rate / 10
         if self.out_dir is None:
@@ -140,7 +136,7 @@ class Setting:
     registry: str | None = None           # the registry kind whose names the value takes
     fixed_choices: tuple | None = None    # or a fixed set of values
     layerlist_of: str | None = None       # the field a per-layer list overrides
-    minimum: float | None = None          # inclusive lower bound (knobs that declare one)
+    bounds: tuple = ()                    # (key, number) pairs of the declared range (gpt_conf.BOUNDS)
 
     @property
     def choices(self) -> list | None:
@@ -149,13 +145,14 @@ class Setting:
             return names(self.registry)
         return list(self.fixed_choices) if self.fixed_choices is not None else None
 
-    def check(self, value, where: str = ""):
+    def check(self, value, where: str = "", flag: bool = False):
         """The value as train.py takes it, or a one-line UserError prefixed with `where`.
         Numbers written as strings (YAML reads 1e-3 as a string) are parsed as a flag would be; a
         per-layer list may be given as one space-separated string; registry names are normalised
         and must be registered (the closest one is named otherwise)."""
-        meta = {"registry": self.registry, "choices": self.fixed_choices, "minimum": self.minimum}
-        return check_value(self.name, value, self.type, {k: v for k, v in meta.items() if v is not None}, where)
+        meta = {"registry": self.registry, "choices": self.fixed_choices, **dict(self.bounds)}
+        return check_value(self.name, value, self.type, {k: v for k, v in meta.items() if v is not None}, where,
+                           flag)
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,7 +169,8 @@ def _schema() -> dict[str, Setting]:
                 type=base_type(hints[f.name]), help=meta.get("help", ""),
                 group="model" if owner == "model" else meta["group"], registry=meta.get("registry"),
                 fixed_choices=tuple(meta["choices"]) if "choices" in meta else None,
-                layerlist_of=meta.get("layerlist_of"), minimum=meta.get("minimum"))
+                layerlist_of=meta.get("layerlist_of"),
+                bounds=tuple((k, meta[k]) for k in BOUNDS if meta.get(k) is not None))
     return specs
 
 
@@ -243,12 +241,12 @@ def load_config_file(path: str) -> dict:
 
 
 def _flag_type(spec: Setting):
-    """argparse `type` of a flag: parse the text, then Setting.check (a bad value names the closest one)."""
+    """argparse `type` of a flag: Setting.check parses the text and checks it (a bad name: the closest one)."""
     def convert(text: str):
         try:
-            return spec.check(spec.type(text) if spec.type in (int, float) else text)
+            return spec.check(text, flag=True)
         except ValueError as e:  # UserError is a ValueError
-            raise argparse.ArgumentTypeError(str(e).removeprefix(f"setting '{spec.name}': ")) from None
+            raise argparse.ArgumentTypeError(str(e)) from None
     convert.__name__ = spec.type.__name__ if spec.type is not list else "name"
     return convert
 
@@ -259,8 +257,15 @@ def _preset_type(text: str) -> str:
     return text
 
 
+class _Parser(ArgumentParser):
+    """A bad value reads '--beta1 must be in [0, 1), got 2.0', not argparse's 'argument --beta1: --beta1 ...'."""
+
+    def error(self, message: str):
+        super().error(re.sub(r"^argument (--\S+): \1\b", r"\1", message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="train.py", allow_abbrev=False,
+    p = _Parser(prog="train.py", allow_abbrev=False,
                         description="Train a GPT assembled from registry components on a memmapped data set.")
     p.add_argument("--config", help="YAML or JSON file of settings (flags override it)")
     p.add_argument("--preset", type=_preset_type, metavar="{" + ",".join(sorted(PRESETS)) + "}",
@@ -340,6 +345,29 @@ def default_of(name: str):
 def resolved_dict(model_config: GPTConfig, train_config: TrainConfig) -> dict:
     """The full resolved configuration of a run, as written to config.json."""
     return {"model": asdict(model_config), "train": asdict(train_config)}
+
+
+def check_fits(model_config: GPTConfig, tc: TrainConfig) -> None:
+    """Refuse, in one line and before anything is allocated, a run whose estimated memory
+    (gpt_conf.estimate_train_bytes, a low estimate) exceeds the memory of the device it would run on:
+    the GPU's, or the host's RAM for cpu and mps. A size typed with a few zeros too many (--batch_size
+    100000000) would otherwise hang the machine in allocation or swap."""
+    device = choose_device(tc.device)
+    if device.type == "cuda":
+        import torch
+        capacity = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+            return
+    shards = int(os.environ.get("WORLD_SIZE", "1")) if tc.fsdp else 1
+    need = estimate_train_bytes(model_config, tc.batch_size, tc.gradient_checkpointing, shards)
+    if need > capacity:
+        raise UserError(f"--batch_size {tc.batch_size} x --block_size {model_config.block_size} with --n_layer "
+                        f"{model_config.n_layer}, --n_embd {model_config.n_embd}, vocab {model_config.vocab_size} "
+                        f"needs at least {need / 2**30:,.1f} GiB, more than the {capacity / 2**30:,.1f} GiB of "
+                        f"{device.type}; lower --batch_size (use --gradient_accumulation_steps) or the model size")
 
 
 if __name__ == "__main__":  # python train_args.py --preset cpu: show the resolved settings

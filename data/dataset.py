@@ -65,7 +65,8 @@ def _shown(path: Path) -> str:
 
 
 def load_meta(data_dir: str | Path) -> dict:
-    """meta.json of a prepared folder, after checking train.bin and val.bin match it; adds "data_dir"."""
+    """meta.json of a prepared folder, after checking train.bin and val.bin match it; adds "data_dir".
+    The ids are checked against a model's vocabulary by check_token_ids, once that is known."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data directory {data_dir} not found; prepare it with: {prepare_command(data_dir)}")
@@ -97,6 +98,33 @@ def load_meta(data_dir: str | Path) -> dict:
         if expected == 0:
             raise UserError(f"{path} holds no tokens; re-run prepare with more text: {prepare_command(data_dir)}")
     return {**meta, "data_dir": str(data_dir)}
+
+
+def check_token_ids(meta: dict, vocab_size: int) -> None:
+    """Every token id of the data set `meta` describes (load_meta's) is below the model's `vocab_size`;
+    otherwise a one-line UserError (an id past the embedding would fail deep inside training).
+
+    The largest id comes from meta.json's "max_token_id" (data/prepare.py records it); a data set
+    prepared before that key existed is scanned instead: a max over train.bin and val.bin through
+    np.memmap, in chunks, at disk speed. The scan is not cached (the folder is only read, never
+    written); re-running prepare records the key."""
+    data_dir = Path(meta["data_dir"])
+    recorded = meta.get("max_token_id")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        found = {"train.bin and val.bin": recorded}
+    else:
+        found = {f"{split}.bin": max_token_id(data_dir / f"{split}.bin", meta["dtype"]) for split in SPLITS}
+    for where, max_id in found.items():
+        if max_id >= vocab_size:
+            raise UserError(f"{data_dir} holds token id {max_id} in {where}, but the model's vocabulary has "
+                            f"{vocab_size} ids (0..{vocab_size - 1}); the data was prepared with another "
+                            f"tokenizer or is damaged: re-run {prepare_command(data_dir)}")
+
+
+def max_token_id(path: str | Path, dtype: str, chunk: int = 1 << 24) -> int:
+    """The largest id in a token file (-1 when empty), read `chunk` ids at a time."""
+    data = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    return max((int(data[i:i + chunk].max()) for i in range(0, len(data), chunk)), default=-1)
 
 
 

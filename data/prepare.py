@@ -10,7 +10,7 @@ the last --val_fraction of the characters becomes the validation split. Run:
     python train.py --dataset mycorpus
 
 Token ids are stored as a flat array of uint16 (uint32 for vocabularies over 65535 tokens), read
-with np.memmap by train.py. meta.json records the tokenizer and the sizes; data/dataset.py reads a
+with np.memmap by train.py. meta.json records the tokenizer, the sizes and the largest id; data/dataset.py reads a
 prepared folder back (`load_meta` checks that it is complete and consistent before training).
 """
 from __future__ import annotations
@@ -143,6 +143,7 @@ def prepare(inputs: Iterable[str | Path] | str | Path, out_dir: str | Path, toke
         "dtype": dtype.name,
         "train_tokens": len(train_ids),
         "val_tokens": len(val_ids),
+        "max_token_id": max(max(train_ids, default=-1), max(val_ids, default=-1)),  # data.dataset.check_token_ids
         "train_bytes": len(train_text.encode("utf-8")),  # for bits-per-byte, comparable across tokenizers
         "val_bytes": len(val_text.encode("utf-8")),
         "sources": sources,

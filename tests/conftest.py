@@ -65,6 +65,22 @@ def run_script(*args: str, env: dict | None = None, timeout: float = 300) -> sub
                           timeout=timeout)
 
 
+def bad_ids_copy(data_dir: Path, out: Path, bad_id: int = 60000) -> Path:
+    """A copy of a prepared data set whose train.bin holds `bad_id`, with the meta.json of a data set
+    prepared before max_token_id was recorded (so data.dataset.check_token_ids scans the ids)."""
+    import shutil
+
+    import numpy as np
+    shutil.copytree(data_dir, out)
+    meta = json.loads((out / "meta.json").read_text())
+    meta.pop("max_token_id", None)
+    (out / "meta.json").write_text(json.dumps(meta))
+    ids = np.fromfile(out / "train.bin", dtype=meta["dtype"])
+    ids[5] = bad_id
+    ids.tofile(out / "train.bin")
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -176,7 +176,7 @@ def test_setting_commands_and_bad_values(runs):
     for error in ["/temp needs a number >= 0 (0: greedy), got 'abc'",
                   "/topk needs an integer >= 0 (0: every token), got '-1'",
                   "/topp needs a number in (0, 1], or off, got '0'",
-                  "/max needs an integer >= 1, got '0'",
+                  "/max needs an integer from 1 to 1,000,000, got '0'",
                   "unknown command '/tmep'; did you mean '/temp'? valid: /help, /max, /model, /models, /params, "
                   "/quit, /reset, /temp, /topk, /topp",
                   "/reset takes no argument",
@@ -259,3 +259,18 @@ def test_chat_cli_transcript(runs):
                        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     assert "you> Who is there?\nassistant> " in r.stdout and r.stdout.endswith("you> /quit\nbye\n")
+
+
+def test_non_finite_and_huge_settings_are_refused(runs):
+    lines = ["/temp nan", "/temp inf", "/topk -5", "/topp nan", "/max 1e12", "/max 1000000000000"]
+    repl, out = drive(runs / "main", lines)
+    assert repl.session.settings == chat.Settings()
+    for error in ["/temp needs a number >= 0 (0: greedy), got 'nan'",
+                  "/temp needs a number >= 0 (0: greedy), got 'inf'",
+                  "/topk needs an integer >= 0 (0: every token), got '-5'",
+                  "/topp needs a number in (0, 1], or off, got 'nan'",
+                  "/max needs an integer from 1 to 1,000,000, got '1e12'",
+                  "/max needs an integer from 1 to 1,000,000, got '1000000000000'"]:
+        assert f"\nerror: {error}\n" in out
+    with pytest.raises(UserError, match=r"^--top_p needs a number in \(0, 1\], or off, got 'nan'$"):
+        chat.main(["--out_dir", str(runs / "main"), "--top_p", "nan"])

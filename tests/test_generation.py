@@ -281,3 +281,32 @@ def test_generation_does_not_import_the_model():
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {"model", "sample", "chat"} & imported
+
+
+# ---------------------------------------------------------------------------------------- sampling settings
+@pytest.mark.parametrize("name, value, message", [
+    ("temperature", "nan", "needs a number >= 0 (0: greedy), got 'nan'"),
+    ("temperature", float("inf"), "needs a number >= 0 (0: greedy), got inf"),
+    ("temperature", -1.0, "needs a number >= 0 (0: greedy), got -1.0"),
+    ("top_k", -5, "needs an integer >= 0 (0: every token), got -5"),
+    ("top_k", "2.5", "needs an integer >= 0 (0: every token), got '2.5'"),
+    ("top_p", float("nan"), "needs a number in (0, 1], got nan"),
+    ("top_p", 0.0, "needs a number in (0, 1], got 0.0"),
+    ("max_new_tokens", 10**12, "needs an integer from 1 to 1,000,000, got 1000000000000"),
+    ("max_new_tokens", "1e12", "needs an integer from 1 to 1,000,000, got '1e12'"),
+    ("max_new_tokens", 0, "needs an integer from 1 to 1,000,000, got 0"),
+])
+def test_check_sampling_refuses_in_one_line(name, value, message):
+    from errors import UserError
+    from generation import check_sampling
+    with pytest.raises(UserError) as e:
+        check_sampling(name, value)
+    assert str(e.value) == message
+
+
+def test_check_sampling_accepts_and_converts():
+    from generation import MAX_NEW_TOKENS, check_sampling
+    assert check_sampling("temperature", "0") == 0.0 and check_sampling("temperature", 2) == 2.0
+    assert check_sampling("top_k", "0") == 0  # 0 keeps meaning every token
+    assert check_sampling("top_p", None) is None and check_sampling("top_p", 1) == 1.0
+    assert check_sampling("max_new_tokens", str(MAX_NEW_TOKENS)) == MAX_NEW_TOKENS

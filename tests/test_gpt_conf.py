@@ -55,3 +55,16 @@ def test_pad_vocab():
 def test_every_field_has_help():
     for f in GPTConfig.__dataclass_fields__.values():
         assert f.metadata.get("help"), f.name
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dropout=float("nan")), "--dropout must be a finite number, got nan"),
+    (dict(init_std=float("inf")), "--init_std must be a finite number, got inf"),
+    (dict(n_kv_head=0), "--n_kv_head must be at least 1, got 0"),
+    (dict(mlp_expansion_factor=0.0), "--mlp_expansion_factor must be positive, got 0.0"),
+    (dict(rope_theta=float("nan")), "--rope_theta must be a finite number, got nan"),  # a knob
+])
+def test_values_are_checked_by_their_declared_range(kwargs, message):
+    with pytest.raises(UserError) as e:
+        GPTConfig(vocab_size=65, **kwargs)
+    assert str(e.value) == message

@@ -23,7 +23,7 @@ from errors import UserError
 from model import GPT
 from variations.registry import create
 
-from conftest import SAMPLE_TEXT, run_script, tiny_config
+from conftest import SAMPLE_TEXT, bad_ids_copy, run_script, tiny_config
 
 ANSI = re.compile(r"\x1b\[")
 
@@ -324,6 +324,14 @@ def test_eval_rejects_another_tokenizer(run_dir, tmp_path):
     (["--sample_name", "a"], "--sample_name names the folder of --show_heatmaps; add --show_heatmaps"),
     (["--show_heatmaps", "--sample_name", "a/b"], "--sample_name 'a/b' must be a plain folder name (no slashes)"),
     (["--stop_strings", "x", ""], "--stop_strings: an empty string would stop every sample at once; drop it"),
+    (["--temperature", "nan"], "--temperature needs a number >= 0 (0: greedy), got nan"),
+    (["--temperature", "inf"], "--temperature needs a number >= 0 (0: greedy), got inf"),
+    (["--temperature", "-1"], "--temperature needs a number >= 0 (0: greedy), got -1.0"),
+    (["--top_k", "-5"], "--top_k needs an integer >= 0 (0: every token), got -5"),
+    (["--top_p", "nan"], "--top_p needs a number in (0, 1], got nan"),
+    (["--max_new_tokens", "1000000000000"], "--max_new_tokens needs an integer from 1 to 1,000,000, got 1000000000000"),
+    (["--max_new_tokens", "1e12"], "argument --max_new_tokens: invalid int value: '1e12' "
+                                   "(python sample.py --help lists every flag)"),
 ])
 def test_flag_errors(flags, message):
     with pytest.raises(UserError) as e:
@@ -382,3 +390,12 @@ def test_chat_flag_forwards_only_given_settings(monkeypatch, tmp_path):
     assert seen[0] == ["--out_dir", str(tmp_path), "--ckpt", "best", "--temperature", "0.5", "--top_k", "7"]
     with pytest.raises(UserError, match="--chat runs a REPL on its own"):
         sample.main(["--out_dir", str(tmp_path), "--chat", "--eval_only"])
+
+
+def test_eval_refuses_token_ids_past_the_vocabulary(run_dir, char_data, tmp_path):
+    """A train.bin holding an id >= vocab_size: one line, before any forward pass (issue 12)."""
+    bad = bad_ids_copy(char_data, tmp_path / "bad")
+    with pytest.raises(UserError, match=r"^.*bad holds token id 60000 in train.bin, but the model's vocabulary has "
+                                        r"\d+ ids \(0\.\.\d+\); the data was prepared with another tokenizer"):
+        sample.main(cpu(run_dir, "--eval_only", "--eval_dataset", str(bad), "--eval_split", "train"))
+

@@ -139,4 +139,73 @@ def test_flags_config_files_and_launch_args_share_the_check(tmp_path):
 def test_settings_problem_checks_combinations():
     assert train_args.settings_problem({"n_layer": 2, "n_head": 2, "n_embd": 32}) is None
     assert "n_embd" in train_args.settings_problem({"n_head": 3, "n_embd": 32})
-    assert "learning_rate must be positive" in train_args.settings_problem({"learning_rate": -1.0})
+    assert "'learning_rate' must be positive, got -1.0" in train_args.settings_problem({"learning_rate": -1.0})
+
+
+# ---------------------------------------------------------------- declared ranges (issue 12)
+@pytest.mark.parametrize("flags, message", [
+    (["--learning_rate", "nan"], "--learning_rate must be a finite number, got nan"),
+    (["--learning_rate", "inf"], "--learning_rate must be a finite number, got inf"),
+    (["--dropout", "nan"], "--dropout must be a finite number, got nan"),
+    (["--weight_decay=-inf"], "--weight_decay must be a finite number, got -inf"),
+    (["--beta1", "2"], "--beta1 must be in [0, 1), got 2.0"),
+    (["--beta2", "-1"], "--beta2 must be in [0, 1), got -1.0"),
+    (["--learning_rate", "0"], "--learning_rate must be positive, got 0.0"),
+    (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+    (["--n_layer", "0"], "--n_layer must be at least 1, got 0"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--max_iters", "-1"], "--max_iters must be at least 0, got -1"),
+    (["--batch_size", "1e8"], "--batch_size must be int, got '1e8' (an int is written in digits: 100000000)"),
+])
+def test_flags_refuse_non_finite_and_out_of_range_values(flags, message):
+    with pytest.raises(UserError) as e:
+        parse_args(flags)
+    assert str(e.value) == f"{message} (python train.py --help lists every flag)"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(beta1=2.0), "--beta1 must be in [0, 1), got 2.0"),
+    (dict(learning_rate=float("nan")), "--learning_rate must be a finite number, got nan"),
+    (dict(batch_size=0), "--batch_size must be at least 1, got 0"),
+    (dict(sft_val_fraction=1.0), "--sft_val_fraction must be in [0, 1), got 1.0"),
+    (dict(batch_size=1e8), "--batch_size must be int, got 100000000.0 (an int is written in digits: 100000000)"),
+])
+def test_train_config_checks_each_value_by_its_metadata(kwargs, message):
+    with pytest.raises(UserError) as e:
+        TrainConfig(**kwargs)
+    assert str(e.value) == message
+
+
+def test_every_float_setting_refuses_nan_and_infinity(tmp_path):
+    floats = [s.name for s in train_args.schema().values() if s.type is float]
+    assert {"learning_rate", "dropout", "beta1", "rope_theta"} <= set(floats)  # knobs included
+    for name in floats:
+        for text in ("nan", "inf", "-inf"):
+            with pytest.raises(UserError, match=rf"^setting '{name}' must be a finite number, got "):
+                train_args.check(name, text)
+    (tmp_path / "c.yaml").write_text("beta2: .nan\n")
+    with pytest.raises(UserError, match=r"c.yaml: setting 'beta2' must be a finite number, got nan$"):
+        parse_args(["--config", str(tmp_path / "c.yaml")])
+
+
+def test_ranges_are_declared_in_the_metadata():
+    schema = train_args.schema()
+    assert dict(schema["beta1"].bounds) == {"minimum": 0.0, "below": 1.0}
+    assert dict(schema["n_layer"].bounds) == {"minimum": 1}
+    assert dict(schema["learning_rate"].bounds) == {"above": 0.0}
+
+
+# ---------------------------------------------------------------- memory estimate (issue 12)
+def test_a_run_beyond_the_devices_memory_is_refused():
+    model = GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=32, block_size=32)
+    train_args.check_fits(model, TrainConfig(batch_size=12, device="cpu"))  # ~ MBs
+    with pytest.raises(UserError, match=r"^--batch_size 100000000 x --block_size 32 .* needs at least [\d,.]+ GiB, "
+                                        r"more than the [\d,.]+ GiB of cpu; lower --batch_size"):
+        train_args.check_fits(model, TrainConfig(batch_size=100_000_000, device="cpu"))
+    big = GPTConfig(vocab_size=65, n_layer=2, n_head=2, n_embd=1 << 20, block_size=32)  # 2^40 parameters
+    with pytest.raises(UserError, match="needs at least"):
+        train_args.check_fits(big, TrainConfig(batch_size=1, device="cpu"))
+    # gradient checkpointing and FSDP lower the estimate
+    from gpt_conf import estimate_train_bytes
+    assert estimate_train_bytes(model, 8, gradient_checkpointing=True) < estimate_train_bytes(model, 8)
+    assert estimate_train_bytes(model, 8, shards=4) < estimate_train_bytes(model, 8)

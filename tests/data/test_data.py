@@ -425,3 +425,23 @@ def test_template_bpe_needs_a_tokenizer_file():
     main = _embedded_main("template")
     with pytest.raises(UserError, match=r"--tokenizer bpe needs --tokenizer_file; train one with: python data/train_tokenizer.py"):
         main(["--tokenizer", "bpe"])
+
+
+def test_prepare_records_the_largest_id_and_check_token_ids_uses_or_scans_it(tmp_path):
+    from data.dataset import check_token_ids, max_token_id
+    src = tmp_path / "t.txt"
+    src.write_text(SHAKESPEARE)
+    meta = prepare([src], tmp_path / "d", tokenizer="byte")
+    ids = np.concatenate([np.fromfile(tmp_path / "d" / f"{s}.bin", dtype=meta["dtype"]) for s in ("train", "val")])
+    assert meta["max_token_id"] == int(ids.max()) == max_token_id(tmp_path / "d" / "train.bin", meta["dtype"], chunk=7) \
+        or meta["max_token_id"] == max_token_id(tmp_path / "d" / "val.bin", meta["dtype"])
+    loaded = load_meta(tmp_path / "d")
+    check_token_ids(loaded, meta["max_token_id"] + 1)  # every id fits
+    with pytest.raises(UserError, match=rf"holds token id {meta['max_token_id']} in train.bin and val.bin, but the "
+                                        rf"model's vocabulary has {meta['max_token_id']} ids"):
+        check_token_ids(loaded, meta["max_token_id"])
+    old = {k: v for k, v in loaded.items() if k != "max_token_id"}  # prepared before the key existed: scanned
+    (tmp_path / "d" / "val.bin").write_bytes(np.array([0, 300, 2, 3], dtype=meta["dtype"]).tobytes())
+    with pytest.raises(UserError, match=r"holds token id 300 in val.bin, but the model's vocabulary has 256 ids "
+                                        r"\(0\.\.255\); the data was prepared with another tokenizer or is damaged"):
+        check_token_ids(old, 256)

@@ -59,7 +59,7 @@ def test_parse_space_kinds_and_normalisation():
     ({"params": {"n_layer": {"float": [1, 2]}}}, "'n_layer' is a int setting; use int"),
     ({"params": {"learning_rate": {"int": [1, 2]}}}, "use float"),
     ({"params": {"softmax_variant_attn": {"int": [1, 2]}}}, "use choices"),
-    ({"params": {"learning_rate": {"float": [0.0, 1.0], "log": True}}}, "log range needs low > 0"),
+    ({"params": {"weight_decay": {"float": [0.0, 1.0], "log": True}}}, "log range needs low > 0"),
     ({"params": {"n_layer": {"int": [1, 8], "step": 2, "log": True}}}, "step and log cannot be combined"),
     ({"params": {"n_layer": {"choices": []}}}, "non-empty list"),
     ({"params": {"n_layer": {"choices": [2, "two"]}}}, "must be int"),

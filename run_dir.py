@@ -147,7 +147,9 @@ class RunDir:
     def own_files(self) -> list[str]:
         """The project's files present here (tensorboard/ with its slash): what --overwrite replaces."""
         present = [n for n in OWN_FILES if self.file(n).exists()]
-        return present + [TENSORBOARD + "/"] * self.file(TENSORBOARD).is_dir()
+        if self.file(TENSORBOARD).is_dir():
+            present.append(TENSORBOARD + "/")
+        return present
 
     def contents(self) -> list[str]:
         """Names in the folder, less the lock file and atomic writes' temporary files (they hold nothing)."""

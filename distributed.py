@@ -17,12 +17,18 @@ from devices import choose_device
 from errors import UserError
 
 
+def launch_rank() -> int:
+    """This process's rank from torchrun's environment (0 for a single process), readable before the
+    process group exists: train.py locks the run directory on rank 0 before joining the group."""
+    return int(os.environ.get("RANK", 0))
+
+
 class Distributed:
     """Rank and world of this process: torchrun's environment, or a single process."""
 
     def __init__(self, device_name: str):
         self.enabled = int(os.environ.get("RANK", -1)) != -1
-        self.rank = int(os.environ.get("RANK", 0))
+        self.rank = launch_rank()
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.local_rank = int(os.environ["LOCAL_RANK"]) if self.enabled else None
         self.device = choose_device(device_name, self.local_rank)

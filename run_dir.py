@@ -10,6 +10,13 @@ Every module that reads or writes a run goes through here, so a file name is spe
     RUN/ckpt_last.pt     the latest state: model, optimiser, RNG, counters (resume reads it)
     RUN/ckpt_best.pt     the state at the best validation loss (sampling reads it by default)
     RUN/tensorboard/     TensorBoard scalars (--tensorboard)
+    RUN/.ppa_gpt.lock    exists while a training process holds the folder (DirLock; removed on release)
+
+A folder is a run when it carries the project's marker: a config.json holding a JSON object with a
+"model" and a "train" object (train_args.resolved_dict), which train.py writes before anything else
+of a run. A new run starts only in a missing or empty folder, unless --overwrite, which replaces the
+project's own files (OWN_FILES, tensorboard/) and leaves every other file alone (`RunDir.check_new`).
+One training process at a time holds a run directory (`RunDir.lock`, an OS file lock: `DirLock`).
 
     from run_dir import RunDir, load_run
     model, tokenizer, ckpt = load_run("out/quickstart")        # best checkpoint, else the last one
@@ -17,12 +24,20 @@ Every module that reads or writes a run goes through here, so a file name is spe
 """
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from errors import UserError
-from io_utils import atomic_torch_save, atomic_write_json, load_checkpoint, read_json
+from io_utils import atomic_torch_save, atomic_write_json, is_temp_file, load_checkpoint, read_json, \
+    remove_stale_temp_files
+
+try:
+    import fcntl  # POSIX (Linux, macOS, BSD)
+except ImportError:  # Windows
+    fcntl = None
 
 CONFIG = "config.json"
 META = "meta.json"  # the data set's description (data.dataset.META), copied into the run
@@ -34,8 +49,11 @@ CKPT_BEST = "ckpt_best.pt"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = {"best": CKPT_BEST, "last": CKPT_LAST}  # --ckpt NAME -> file
 CHECKPOINT_CHOICES = tuple(CHECKPOINTS)
+LOCK = ".ppa_gpt.lock"
 # the files of a training run's results, cleared when a new run starts in the folder (--overwrite)
 RESULT_FILES = (METRICS, SUMMARY, CKPT_BEST, CKPT_LAST)
+# every file a run writes (and tensorboard/): what --overwrite replaces; other files are the user's
+OWN_FILES = (CONFIG, META, COST, *RESULT_FILES)
 
 
 # ---------------------------------------------------------------------------------------- summary.json
@@ -47,8 +65,10 @@ class SummaryField:
 
 
 SUMMARY_FIELDS: tuple[SummaryField, ...] = (
-    SummaryField("status", False, "running (written at each evaluation) or completed"),
-    SummaryField("stop_reason", False, "max_iters, max_seconds, max_tokens, patience or pruned"),
+    SummaryField("status", False, "running (written at each evaluation), completed, or failed (see error)"),
+    SummaryField("stop_reason", False, "max_iters, max_seconds, max_tokens, patience or pruned; when failed: "
+                 "nan_loss (the loss became nan or inf) or error"),
+    SummaryField("error", False, "why a failed run stopped, in one line (null unless status is failed)"),
     SummaryField("best_val_loss", True, "lowest validation loss of any evaluation (nats/token)"),
     SummaryField("best_iter", True, "the step of best_val_loss (the step ckpt_best.pt holds)"),
     SummaryField("final_val_loss", True, "validation loss of the last evaluation"),
@@ -117,8 +137,50 @@ class RunDir:
         return self.file(CKPT_LAST).exists()
 
     def is_run(self) -> bool:
-        """Anything a run leaves: a summary or a checkpoint."""
-        return any(self.file(n).exists() for n in (SUMMARY, CKPT_LAST, CKPT_BEST))
+        """The folder carries the project's marker: config.json with "model" and "train" sections."""
+        try:
+            config = read_json(self.file(CONFIG))
+        except UserError:
+            return False
+        return isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in ("model", "train"))
+
+    def own_files(self) -> list[str]:
+        """The project's files present here (tensorboard/ with its slash): what --overwrite replaces."""
+        present = [n for n in OWN_FILES if self.file(n).exists()]
+        if self.file(TENSORBOARD).is_dir():
+            present.append(TENSORBOARD + "/")
+        return present
+
+    def contents(self) -> list[str]:
+        """Names in the folder, less the lock file and atomic writes' temporary files (they hold nothing)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK and not is_temp_file(p))
+
+    def check_new(self, overwrite: bool) -> None:
+        """A new run may start here (train.py checks before writing anything, and again under the lock):
+        the folder can be written, and is missing or empty, or --overwrite says to replace the run's
+        own files. A run without ckpt_last.pt (deleted, as our message about a corrupt one advises) is
+        refused too: its surviving ckpt_best.pt is never replaced silently."""
+        check_writable_folder(self.path, "--out_dir")
+        if overwrite:
+            return
+        if self.holds_run():
+            raise UserError(f"{self.path} already holds a run; continue it with --init_from resume, start over "
+                            "with --overwrite, or choose another --out_dir")
+        if self.is_run():
+            raise UserError(f"{self.path} holds a run without {CKPT_LAST} (deleted, or the run ended before its first "
+                            f"checkpoint), so it cannot be resumed; start over with --overwrite (replaces its "
+                            f"{', '.join(self.own_files())}), or choose another --out_dir")
+        others = self.contents()
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise UserError(f"--out_dir {self.path} holds files that are not a ppa-gpt run ({shown}); choose another "
+                            "--out_dir, or pass --overwrite to write the run beside them (they are left alone)")
+
+    def lock(self) -> DirLock:
+        """The training process's exclusive hold on this folder: `with run.lock(): ...`."""
+        return DirLock(self.path, "training run")
 
     def checkpoint_path(self, which: str = "best") -> Path:
         """ckpt_<which>.pt; 'best' falls back to ckpt_last.pt while no best checkpoint exists."""
@@ -157,30 +219,165 @@ class RunDir:
             return None
 
     # -- writing (atomic: a killed run leaves the old file or the new one)
+    def _write(self, name: str, write) -> None:
+        try:
+            write(self.file(name))
+        except OSError as e:
+            error = disk_full_error(e, self.file(name))
+            if error is None:
+                raise
+            raise error from None
+
     def write_config(self, config: dict) -> None:
-        atomic_write_json(self.file(CONFIG), config)
+        self._write(CONFIG, lambda path: atomic_write_json(path, config))
 
     def write_meta(self, meta: dict) -> None:
-        atomic_write_json(self.file(META), {k: v for k, v in meta.items() if k != "data_dir"})
+        self._write(META, lambda path: atomic_write_json(path, {k: v for k, v in meta.items() if k != "data_dir"}))
 
     def write_summary(self, summary: dict) -> None:
-        atomic_write_json(self.file(SUMMARY), check_summary(summary))
+        summary = check_summary(summary)
+        self._write(SUMMARY, lambda path: atomic_write_json(path, summary))
 
     def write_cost(self, cost: dict) -> None:
-        atomic_write_json(self.file(COST), cost)
+        self._write(COST, lambda path: atomic_write_json(path, cost))
 
     def save_checkpoint(self, state: dict, best: bool) -> None:
-        """ckpt_last.pt, and ckpt_best.pt when this is the best evaluation so far."""
-        atomic_torch_save(self.file(CKPT_LAST), state)
+        """ckpt_best.pt when this is the best evaluation so far, then ckpt_last.pt. Best first: a run
+        killed between the two resumes from the previous ckpt_last.pt and repeats the evaluation that
+        wrote ckpt_best.pt; the other order would leave a ckpt_last.pt (and the summary after it)
+        naming a best step that ckpt_best.pt does not hold, and nothing would repair it."""
         if best:
-            atomic_torch_save(self.file(CKPT_BEST), state)
+            self._write(CKPT_BEST, lambda path: atomic_torch_save(path, state))
+        self._write(CKPT_LAST, lambda path: atomic_torch_save(path, state))
 
     def clear_results(self) -> None:
-        """A new run in this folder (--overwrite): remove the previous run's results."""
+        """A new run in this folder (--overwrite): remove the previous run's results and cost (the
+        config and tokenizer are rewritten at once); files that are not the project's stay."""
         import shutil
-        for name in RESULT_FILES:
+        for name in (*RESULT_FILES, COST):
             self.file(name).unlink(missing_ok=True)
         shutil.rmtree(self.file(TENSORBOARD), ignore_errors=True)
+
+    def remove_stale_temp_files(self) -> int:
+        """Remove the temporary files of atomic writes whose writer was killed (never a live one's);
+        how many. Call it holding the lock."""
+        return remove_stale_temp_files(self.path)
+
+
+def disk_full_error(e: OSError, path: str | Path) -> UserError | None:
+    """The one-line error of a write that found the disk (or the quota) full; None for other errors."""
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return UserError(f"no space left on device writing {path}; free space and resume with --init_from resume")
+    return None
+
+
+def check_writable_folder(path: str | Path, flag: str) -> None:
+    """`path` is a folder this process can write, or could create: a one-line UserError otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder that would hold the new ones
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path} cannot be created: {existing} is a file; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} cannot be written ({existing} is not writable by this user); "
+                        f"choose another {flag}")
+
+
+# ---------------------------------------------------------------------------------------- the lock
+class DirLock:
+    """An exclusive lock on a folder, held by one process at a time through the file LOCK inside it.
+
+        with DirLock("out/run", "training run"):   # a UserError at once if another process holds it
+            ...
+        lock = DirLock(folder, "sweep").acquire(); ...; lock.release()
+        DirLock(folder).holder()                   # the holder's pid, else None
+
+    The OS lock (fcntl.flock on POSIX; msvcrt.locking on Windows, which has no flock: untested there)
+    is released by the OS when the process ends, however it ends (SIGKILL included), so a crashed
+    holder never leaves the folder locked. It is advisory: it guards against our own processes, which
+    all take it. flock locks belong to an open file, so a second DirLock on the same folder is refused
+    in the same process too (a driver must not hold a run directory's lock while train.main trains
+    there). Acquiring creates the folder; releasing removes the lock file, and the folder if acquiring
+    created it and nothing else was written. Lock files on network file systems are as good as the
+    file system's flock.
+    """
+
+    def __init__(self, path: str | Path, what: str = "process", name: str = LOCK):
+        self.path, self.what = Path(path), what
+        self.file = self.path / name
+        self._fd: int | None = None
+        self._created = False
+
+    def __repr__(self) -> str:
+        return f"DirLock({str(self.path)!r}, {self.what!r})"
+
+    def holder(self) -> int | None:
+        """The pid the lock file names (the holder's, while it is held), else None."""
+        try:
+            return int(self.file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def acquire(self) -> DirLock:
+        if self._fd is not None:
+            raise RuntimeError(f"{self!r} is already held")
+        self._created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    _lock_file(fd)
+                except OSError:  # held by another process
+                    os.close(fd)
+                    holder = self.holder()
+                    raise UserError(f"{self.path} is in use by another {self.what} (pid {holder or 'unknown'}); "
+                                    "wait for it to end or stop it, or choose another folder") from None
+                try:  # the previous holder may have removed the file between our open and our lock
+                    if os.path.samestat(os.fstat(fd), os.stat(self.file)):
+                        break
+                except FileNotFoundError:
+                    pass
+                os.close(fd)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except PermissionError as e:
+            raise UserError(f"cannot lock {self.path} ({e.strerror}); choose a folder you can write to") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            if os.name != "nt":  # removed while held: a process that opened it meanwhile sees the swap (acquire)
+                self.file.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)  # releases the OS lock
+            self._fd = None
+        if self._created:
+            try:
+                self.path.rmdir()  # only if empty: a run that failed before writing leaves no folder
+            except OSError:
+                pass
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _lock_file(fd: int) -> None:
+    """Lock an open file exclusively without waiting (OSError when another process holds it)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        import msvcrt
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best", what: str = "") -> Path:

@@ -16,7 +16,10 @@ tokens; atomic checkpoints holding model, optimiser, RNG and data-sampler state,
 (even after SIGKILL) reproduces the uninterrupted one's losses exactly on CPU.
 
 The run directory's files (config, tokenizer, metrics, summary, checkpoints) are named and read in
-run_dir.py.
+run_dir.py, which also guards it: a new run starts only in an empty folder (or with --overwrite), one
+process at a time holds it (an OS file lock), and a run that ends in an error says so in summary.json
+(status failed, with the error), its last checkpoint intact. A nan or inf loss is such an error
+unless --allow_nonfinite_loss.
 """
 from __future__ import annotations
 
@@ -35,18 +38,31 @@ from data.dataset import TokenData, check_token_ids, load_meta, resolve_data_dir
 from data.sft import SFTData
 from data.tokenizer import load_tokenizer
 from devices import autocast, choose_dtype, estimate_mfu, peak_flops, peak_memory_bytes
-from distributed import Distributed, full_state_dicts, fully_shard_model, load_full_state_dicts
+from distributed import Distributed, full_state_dicts, fully_shard_model, launch_rank, load_full_state_dicts
 from errors import UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab
 from io_utils import load_checkpoint
 from model import GPT
-from run_dir import METRICS, RunDir, resolve_checkpoint
+from run_dir import METRICS, SUMMARY, RunDir, disk_full_error, resolve_checkpoint
 from train_args import TrainConfig
 from train_log import Reporter, summary_writer_class, truncate_metrics
 from variations import kernels
 from variations.cost import cost_table, group_by_component, per_token_summary
 
 EVAL_SEED_OFFSET = 100_003  # evaluation batches come from their own generator: the same batches each eval
+
+
+class NonFiniteLoss(UserError):
+    """The loss became nan or inf: the run stops with stop_reason nan_loss (unless --allow_nonfinite_loss)."""
+
+
+def check_finite(loss: float | None, what: str, it: int, tc: TrainConfig) -> None:
+    """Stop on a nan/inf loss. Called where the loss is on the host anyway (log steps, evaluations):
+    checking every step would cost a device sync per step; a divergence is caught within
+    log_interval steps, and always before the evaluation that would checkpoint its weights."""
+    if loss is not None and not math.isfinite(loss) and not tc.allow_nonfinite_loss:
+        raise NonFiniteLoss(f"the {what} is {loss} at step {it}: training diverged; lower --learning_rate and resume "
+                            "from the last checkpoint with --init_from resume, or pass --allow_nonfinite_loss")
 
 
 # ---------------------------------------------------------------------------------------- setup
@@ -246,12 +262,6 @@ def load_init(tc: TrainConfig, model_flags: dict) -> tuple[dict, GPTConfig, dict
     return ckpt, model_config, meta
 
 
-def check_new_run(tc: TrainConfig) -> None:
-    if RunDir(tc.out_dir).holds_run() and not tc.overwrite:
-        raise UserError(f"{tc.out_dir} already holds a run; continue it with --init_from resume, start over "
-                        "with --overwrite, or choose another --out_dir")
-
-
 def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig, dict, dict | None]:
     """(model config, training config, data meta, checkpoint or None), all checked before anything
     is written. A new run takes the user's settings; a resume takes the checkpoint's, with the
@@ -275,12 +285,12 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
     elif user.get("init_from", "scratch") != "scratch":  # --init_from RUN
         tc = TrainConfig(**user)
         ckpt, model_config, meta = load_init(tc, settings.model)
-        check_new_run(tc)
+        RunDir(tc.out_dir).check_new(tc.overwrite)
     else:
         ckpt = None
         tc = TrainConfig(**user)
         meta = load_meta(resolve_data_dir(tc.dataset))
-        check_new_run(tc)
+        RunDir(tc.out_dir).check_new(tc.overwrite)
         model_config = GPTConfig(**{"vocab_size": pad_vocab(meta["vocab_size"]), **settings.model})
     if model_config.vocab_size < meta["vocab_size"]:
         raise UserError(f"--vocab_size {model_config.vocab_size} is smaller than the data set's vocabulary "
@@ -310,11 +320,16 @@ def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
     model_config, tc, meta, ckpt = build_configs(settings)
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
-    dd = Distributed(tc.device)
-    try:
-        return _train(model_config, tc, meta, ckpt, dd, RunDir(tc.out_dir), on_eval)
-    finally:
-        dd.close()
+    run = RunDir(tc.out_dir)
+    # one training process per run directory, for its whole life; under torchrun rank 0 holds it for all
+    with run.lock() if launch_rank() == 0 else nullcontext():
+        if tc.init_from != "resume" and launch_rank() == 0:
+            run.check_new(tc.overwrite)  # again, holding the lock: another run may have started here meanwhile
+        dd = Distributed(tc.device)
+        try:
+            return _train(model_config, tc, meta, ckpt, dd, run, on_eval)
+        finally:
+            dd.close()
 
 
 def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | None, dd: Distributed,
@@ -330,9 +345,16 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     start_iter = trainer.iter_num
     peak = tc.peak_flops or peak_flops(trainer.device, trainer.dtype)
 
+    notes = []  # what was done to the folder, said once the reporter is up
     if dd.master:
-        run.path.mkdir(parents=True, exist_ok=True)
-        if tc.init_from != "resume":  # a new run (--overwrite): clear the old run's files
+        stale = run.remove_stale_temp_files()
+        if stale:
+            notes.append(f"removed {stale} temporary file(s) left by killed writes in {run.path}")
+        if tc.init_from != "resume":  # a new run (--overwrite): clear the old run's files, only those
+            replaced = run.own_files()
+            if replaced:
+                notes.append(f"--overwrite: replacing {', '.join(replaced)} of the previous run in {run.path} "
+                             "(other files are left alone)")
             run.clear_results()
         else:
             truncate_metrics(run.file(METRICS), start_iter)
@@ -342,6 +364,8 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     if dd.master:
         run.write_cost({"context": model_config.block_size, "rows": {k: c.to_dict() for k, c in cost_rows.items()}})
     report = Reporter(run.path, tc.max_iters, start_iter, dd.master, tc.tensorboard)
+    for note in notes:
+        report.line(note)
     if tc.print_cost and dd.master:
         report.console.print(cost_table(group_by_component(cost_rows),
                                         f"hardware cost per token, forward, context {model_config.block_size}"))
@@ -367,7 +391,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     def make_summary(status: str) -> dict:
         tokens_per_s = trainer.tokens_per_iter / (train_time / timed_iters) if timed_iters else None
         return {
-            "status": status, "stop_reason": stop_reason,
+            "status": status, "stop_reason": stop_reason, "error": None,
             "best_val_loss": trainer.best_val_loss if math.isfinite(trainer.best_val_loss) else None,
             "best_iter": trainer.best_iter, "final_val_loss": trainer.last_val_loss,
             "final_train_loss": last_loss, "iters": trainer.iter_num,
@@ -401,6 +425,8 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                     trainer.best_val_loss, trainer.best_iter, trainer.evals_since_best = losses["val"], it, 0
                 else:
                     trainer.evals_since_best += 1
+                check_finite(losses["train"], "training loss", it, tc)  # before its weights are checkpointed
+                check_finite(losses["val"], "validation loss", it, tc)
                 trainer.last_val_loss = losses["val"]
                 report.record({"iter": it, "type": "eval", "train_loss": losses["train"], "val_loss": losses["val"],
                                "lr": get_lr(it, tc), "tokens": it * trainer.tokens_per_iter, "wall_time_s": wall(),
@@ -427,6 +453,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             it = trainer.iter_num
             if it % tc.log_interval == 0 or it == tc.max_iters:
                 last_loss = loss.item()  # synchronises with the device
+                check_finite(last_loss, "training loss", it, tc)
             if trainer.device.type == "cuda" and it % tc.log_interval == 0:
                 torch.cuda.synchronize(trainer.device)
             dt = time.time() - t0
@@ -447,6 +474,11 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                 stop_reason = "max_seconds"
             elif tc.max_tokens is not None and it * trainer.tokens_per_iter >= tc.max_tokens:
                 stop_reason = "max_tokens"
+    except Exception as e:
+        error = record_failure(e, run, make_summary, dd.master, report)
+        if error is e:
+            raise
+        raise error from None
     finally:
         report.close()
 
@@ -461,6 +493,23 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                     + (f"{result['tokens_per_s']:,.0f} tokens/s, " if result["tokens_per_s"] else "")
                     + f"{result['wall_time_s']:.0f}s")
     return result
+
+
+def record_failure(e: Exception, run: RunDir, make_summary, master: bool, report: Reporter) -> Exception:
+    """A run that ends in an error: summary.json says status failed and why (rank 0; best effort, as the
+    disk may be full); the checkpoints are left as the last evaluation wrote them. Returns the error to
+    raise: a full disk becomes a one-line UserError."""
+    if isinstance(e, OSError):
+        e = disk_full_error(e, e.filename or run.path) or e
+    if master:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        summary = {**make_summary("failed"), "stop_reason": "nan_loss" if isinstance(e, NonFiniteLoss) else "error",
+                   "error": reason if isinstance(e, UserError) else f"{type(e).__name__}: {reason}"}
+        try:
+            run.write_summary(summary)
+        except (OSError, UserError) as e2:
+            report.line(f"could not record the failure in {run.file(SUMMARY)}: {e2}")
+    return e
 
 
 def print_variants():

@@ -60,6 +60,9 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)", "training", minimum=0.0)
     patience: int = _f(None, "early stopping: evaluations without a better val loss before stopping", "training",
                         minimum=1)
+    allow_nonfinite_loss: bool = _f(False, "keep training when the loss becomes nan or inf (to study divergence); by "
+                                    "default the run stops there with status failed (checked at log steps and "
+                                    "evaluations, where the loss is read anyway)", "training")
     seed: int = _f(1337, "random seed (weights, dropout, batches)", "training")
     init_from: str = _f("scratch", "scratch: a new model; resume: continue the run in out_dir from ckpt_last.pt; "
                         "RUN (a run directory or checkpoint file): start from its weights, model config and tokenizer "

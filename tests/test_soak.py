@@ -27,9 +27,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(os, "fork"), reas
 
 KILLS = 20
 
-# reads one job per line {"argv", "kill_after", "lock", "log"}; forks a child that trains, SIGKILLs it
-# kill_after seconds after it took the run's lock (the lock file names its pid) unless it ended first,
-# reaps it, and answers {"exit": code or "killed"}
+# reads one job per line {"argv", "kill_after", "kill_at_lines", "metrics", "lock", "log"}; forks a child
+# that trains and SIGKILLs it once the run's metrics.jsonl holds kill_at_lines lines (progress, not wall
+# time: the kills land mid-run however loaded the machine is) or, without that, kill_after seconds after
+# it took the run's lock (the lock file names its pid); unless it ended first. Answers {"exit": code or
+# "killed"}
 HELPER = r"""
 import json, os, signal, sys, time
 import train
@@ -48,14 +50,23 @@ for line in sys.stdin:
         if done:
             print(json.dumps({"exit": os.waitstatus_to_exitcode(status)}), flush=True)
             break
-        if deadline is None:
+        if job.get("kill_at_lines"):
+            try:
+                with open(job["metrics"], "rb") as f:
+                    due = f.read().count(b"\n") >= job["kill_at_lines"]
+            except OSError:
+                due = False
+        elif deadline is None:
             try:
                 holder = open(job["lock"]).read().strip()
             except OSError:
                 holder = ""
             if holder == str(pid):
                 deadline = time.time() + job["kill_after"]
-        elif time.time() >= deadline:
+            due = False
+        else:
+            due = time.time() >= deadline
+        if due:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             print(json.dumps({"exit": "killed"}), flush=True)
@@ -77,8 +88,9 @@ def test_twenty_sigkills_and_resumes_end_where_an_uninterrupted_run_ends(char_da
     helper = subprocess.Popen([sys.executable, "-c", HELPER], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
 
-    def launch(argv: list[str], kill_after: float):
-        job = {"argv": argv, "kill_after": kill_after, "lock": str(out / run_dir.LOCK), "log": str(log)}
+    def launch(argv: list[str], kill_after: float, kill_at_lines: int = 0):
+        job = {"argv": argv, "kill_after": kill_after, "kill_at_lines": kill_at_lines, "log": str(log),
+               "metrics": str(out / run_dir.METRICS), "lock": str(out / run_dir.LOCK)}
         helper.stdin.write(json.dumps(job) + "\n")
         helper.stdin.flush()
         return json.loads(helper.stdout.readline())["exit"]
@@ -92,7 +104,11 @@ def test_twenty_sigkills_and_resumes_end_where_an_uninterrupted_run_ends(char_da
                 argv = ["--out_dir", str(out), "--init_from", "resume", "--dataset", str(char_data)]
             else:  # killed before its first checkpoint (or never started): start over
                 argv = [*flags, "--out_dir", str(out), "--overwrite"]
-            result = launch(argv, rng.uniform(0.0, 0.5))
+            lines = len((out / run_dir.METRICS).read_bytes().splitlines()) if (out / run_dir.METRICS).exists() else 0
+            # mostly mid-training (1-12 records further: steps, evaluations, checkpoint writes); one in
+            # five during start-up, by time
+            by_progress = rng.random() < 0.8
+            result = launch(argv, rng.uniform(0.0, 0.3), lines + rng.randint(1, 12) if by_progress else 0)
             assert result in ("killed", 0), log.read_text()[-3000:]
             kills += result == "killed"
         print(f"{kills} kills, {resumes} resumes, killed at step "

@@ -37,7 +37,7 @@ hp_search_logs/<name>.yaml) is one YAML file rewritten atomically after every ru
 search's settings, every step with its baseline, every candidate with its per-seed results, averages,
 improvement, added cost, efficiency and verdict, the adopted change, the stop reason and timestamps.
 Re-running the same command resumes from it without re-running finished candidate/seed pairs (a run
-the kill interrupted is started over in its directory).
+the kill interrupted is started over in its directory). One search per log and per out_root (locks.py).
 
 From Python, `run_search(spec, evaluate)` takes any `evaluate(settings, seed) -> {"objective": float,
 "cost": float, ...}` (settings: the flat train.py settings of the run, `seed` and `out_dir` included).
@@ -51,7 +51,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
 
 import yaml
 
@@ -541,8 +540,7 @@ def spec_from_args(argv: list[str]) -> tuple[SearchSpec, argparse.Namespace]:
         raise UserError(f"search spec {spec_path}: overrides: {e}") from None
     if train_flags:
         parsed = train_args.parse_args(train_flags)
-        settings.update(parsed.model)
-        settings.update(parsed.train)
+        settings.update({**parsed.model, **parsed.train})
         source.append("flags " + " ".join(train_flags))
 
     if args.param:

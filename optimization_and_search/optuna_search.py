@@ -61,7 +61,8 @@ from optimization_and_search.results import log_entry, plain, write_log
 from run_dir import numeric_summary_keys
 
 PROG = "optuna_search.py"
-MAXIMIZE = ("tokens_per_s", "mfu")  # objectives maximised unless --directions says otherwise
+MAXIMIZE = ("tokens_per_s", "mfu")
+PID_GRACE_S = 60.0  # a RUNNING trial without its worker's pid is taken for stale after this long  # objectives maximised unless --directions says otherwise
 
 
 # ------------------------------------------------------------------------------------ objectives
@@ -113,10 +114,13 @@ def _prepare_storage(url: str) -> str:
 
 
 def _alive(trial) -> bool:
-    """Whether a RUNNING trial's process still runs (on this host); a trial without a pid is stale."""
+    """Whether a RUNNING trial's process still runs (on this host). A trial without a pid is stale once
+    it is PID_GRACE_S old: its worker records the pid just after the trial starts (another worker that
+    looked in between would otherwise fail a live trial)."""
     pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
     if pid is None:
-        return False
+        start = trial.datetime_start
+        return start is not None and (datetime.now(start.tzinfo) - start).total_seconds() < PID_GRACE_S
     if host != socket.gethostname():
         return True  # another machine's worker: leave it alone
     if pid == os.getpid():

@@ -6,12 +6,13 @@
 
 Each run trains in <out_root>/<run name> (default out/<sweep name>/<run name>) with its output in train.log
 there, started by launch.py with its own environment (a GPU, a share of the CPU threads). One YAML document
-per finished run (results.py) is appended atomically to exploration_logs/<sweep name>.yaml (name, status,
+per attempt at a run (results.py) is appended atomically to exploration_logs/<sweep name>.yaml (name, status,
 exit_code, out_dir, times, settings, config.json, summary.json; failed runs also the last 40 lines of their
-log). Re-running the same command skips completed runs, resumes or restarts interrupted ones and leaves
-failed ones alone unless --retry_failed; killing the runner (even with SIGKILL) loses no finished result
-and leaves no training process behind. Read the log with yaml.safe_load_all, plot it with
-analysis/plot_sweep.py.
+log); a run's result is its last attempt (results.latest_by_name). Re-running the same command skips
+completed runs, resumes or restarts interrupted ones and leaves failed ones alone unless --retry_failed;
+killing the runner (even with SIGKILL) loses no finished result and leaves no training process behind.
+One runner per log and per --out_root (locks.py: a second one stops at once, naming the first one's pid).
+Plot the log with analysis/plot_sweep.py.
 """
 from __future__ import annotations
 

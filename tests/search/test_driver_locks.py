@@ -18,8 +18,8 @@ from optimization_and_search import hyperparam_search as hs
 from optimization_and_search import locks, run_experiments
 
 
-def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def start(*args: str, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -111,13 +111,16 @@ def test_optuna_workers_share_one_study_and_its_log(tmp_path, char_data):
     optuna.create_study(storage=storage, study_name="shared")  # the tables exist before two workers open them
     cmd = ["optimization_and_search/optuna_search.py", "-c", str(space), "--n_trials", "2", "--storage", storage,
            "--out_root", str(tmp_path / "out"), "--log_dir", str(tmp_path / "logs")]
-    workers = [start(*cmd), start(*cmd, "--seed", "1")]
+    errs = [open(tmp_path / f"worker_{i}.err", "w") for i in range(2)]
+    workers = [start(*cmd, stderr=errs[0]), start(*cmd, "--seed", "1", stderr=errs[1])]
     try:
-        assert [w.wait(timeout=300) for w in workers] == [0, 0]
+        codes = [w.wait(timeout=300) for w in workers]
+        assert codes == [0, 0], "".join((tmp_path / f"worker_{i}.err").read_text()[-2000:] for i in range(2))
     finally:
-        for w in workers:
+        for w, f in zip(workers, errs):
             if w.poll() is None:
                 stop(w)
+            f.close()
     trials = optuna.load_study(study_name="shared", storage=storage).trials
     assert 2 <= len(trials) <= 3  # each worker stops once the study holds --n_trials (not 2 x 2 trials)
     docs = list(yaml.safe_load_all((tmp_path / "logs" / "shared.yaml").read_text()))
@@ -126,6 +129,16 @@ def test_optuna_workers_share_one_study_and_its_log(tmp_path, char_data):
     saved = yaml.safe_load((tmp_path / "out" / "shared" / "best_trials.yaml").read_text())
     assert saved["trials"][0]["trial"] in {t.number for t in trials}
     assert json.loads(locks.lock_file(tmp_path / "logs" / "shared.yaml").read_text())["program"] == "optuna_search.py"
+
+
+def test_a_workers_trial_is_not_taken_for_stale_before_it_records_its_pid(monkeypatch):
+    optuna = pytest.importorskip("optuna")
+    from optimization_and_search import optuna_search
+    study = optuna.create_study()
+    trial = study.ask()  # another worker's trial, the moment before its objective records the pid
+    assert optuna_search.recover_stale(study, log=lambda _: None) == []
+    monkeypatch.setattr(optuna_search, "PID_GRACE_S", 0.0)  # long after: its worker died before recording it
+    assert optuna_search.recover_stale(study, log=lambda _: None) == [trial.number]
 
 
 # ------------------------------------------------------------------------------------ names

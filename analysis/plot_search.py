@@ -15,12 +15,12 @@ from pathlib import Path
 
 
 from errors import ArgumentParser, UserError, run_cli
-from io_utils import read_data_file
 from optimization_and_search.greedy_rule import trajectory
+from optimization_and_search.results import read_yaml_file
 
 
 def load_log(path: str) -> dict:
-    log = read_data_file(path, "search log")
+    log = read_yaml_file(path, "search log")  # damage: a one-line error saying where
     if not isinstance(log, dict) or not isinstance(log.get("steps"), list):
         raise UserError(f"{path} is not a hyperparam_search log (no 'steps'); "
                         "exploration logs are plotted by analysis/plot_sweep.py")

@@ -5,8 +5,8 @@
     python analysis/plot_sweep.py exploration_logs/gqa_cpu.yaml --x exp_per_token --y final_val_loss --logx
 
 Reads the YAML log written by optimization_and_search/run_experiments.py or optuna_search.py (one document
-per run, optimization_and_search/results.py; the latest document of each run name counts, completed runs
-only). --x and --y name any numeric key of the runs' summary.json (best_val_loss, num_params,
+per attempt at a run, optimization_and_search/results.py): each run's last attempt (results.latest_by_name),
+if it completed; a damaged document is skipped with a warning saying where it is. --x and --y name any numeric key of the runs' summary.json (best_val_loss, num_params,
 macs_per_token, exp_per_token, tokens_per_s, peak_memory_bytes, wall_time_s, ...) or of their settings /
 resolved config (n_layer, ...). The Pareto front holds the runs
 that no other run beats on both axes (lower is better on both). Below the scatter, one bar chart per

@@ -37,7 +37,7 @@ hp_search_logs/<name>.yaml) is one YAML file rewritten atomically after every ru
 search's settings, every step with its baseline, every candidate with its per-seed results, averages,
 improvement, added cost, efficiency and verdict, the adopted change, the stop reason and timestamps.
 Re-running the same command resumes from it without re-running finished candidate/seed pairs (a run
-the kill interrupted is started over in its directory).
+the kill interrupted is started over in its directory). One search per log and per out_root (locks.py).
 
 From Python, `run_search(spec, evaluate)` takes any `evaluate(settings, seed) -> {"objective": float,
 "cost": float, ...}` (settings: the flat train.py settings of the run, `seed` and `out_dir` included).
@@ -52,18 +52,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import yaml
 
 import train_args
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from io_utils import atomic_write_bytes, read_data_file
-from optimization_and_search import launch
+from optimization_and_search import launch, locks
 from optimization_and_search.greedy_rule import (ON_PLATEAU, aggregate, base_value, build_candidates, final_model,
                                                  finite, raise_iters, rank_candidates, step_outcome, trajectory)
-from optimization_and_search.results import now, plain
+from optimization_and_search.results import now, plain, read_yaml_file
 from run_dir import numeric_summary_keys
 
+PROG = "hyperparam_search.py"
 # cost names -> summary.json keys; any other numeric summary key may be named directly
 COSTS = {"params": "num_params", "macs": "macs_per_token", "iter_latency": "iter_time_ms",
          "peak_memory": "peak_memory_bytes"}
@@ -117,6 +117,7 @@ class SearchSpec:
 
 def validate_spec(spec: SearchSpec) -> SearchSpec:
     """Check everything before anything runs; numbers of float settings become floats."""
+    launch.check_name(spec.name, "search name (--name)")
     if not spec.params:
         raise UserError("no parameters to grow; give at least one --param NAME INCREMENT")
     for key, value in spec.baseline.items():
@@ -211,10 +212,7 @@ class TrainEvaluator:
 def load_log(path: Path) -> dict | None:
     if not path.exists():
         return None
-    try:
-        log = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"search log {path} cannot be read ({type(e).__name__}); move it away to start over") from None
+    log = read_yaml_file(path, "search log")  # damage: a one-line error saying where
     if not isinstance(log, dict) or not isinstance(log.get("steps"), list) or "identity" not in log:
         raise UserError(f"{path} is not a hyperparam_search log; choose another --log")
     return log
@@ -376,9 +374,12 @@ class GreedySearch:
 
 
 def run_search(spec: SearchSpec, evaluate=None, console=None, overwrite: bool = False) -> dict:
-    """Validate the spec and run (or resume) the search; returns the log."""
+    """Validate the spec and run (or resume) the search, holding its log and run folder (locks.py: a
+    second search on either is refused at once); returns the log."""
     validate_spec(spec)
-    return GreedySearch(spec, evaluate, console, overwrite).run()
+    with locks.hold(spec.log, PROG, "give this search another --name or --log"), \
+            locks.hold(spec.out_root, PROG, "give this search another --out_root"):
+        return GreedySearch(spec, evaluate, console, overwrite).run()
 
 
 # ---------------------------------------------------------------------------------- printing
@@ -442,7 +443,7 @@ def trajectory_table(log: dict, spec: SearchSpec):
 
 # --------------------------------------------------------------------------------------- CLI
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="hyperparam_search.py", allow_abbrev=False,
+    p = ArgumentParser(prog=PROG, allow_abbrev=False,
                        description="Greedy efficiency-per-cost search over train.py settings. train.py flags "
                                    "after `--` apply on top of the baseline.",
                        epilog="Options left out take the --spec file's values, then the defaults shown.")
@@ -539,8 +540,7 @@ def spec_from_args(argv: list[str]) -> tuple[SearchSpec, argparse.Namespace]:
         raise UserError(f"search spec {spec_path}: overrides: {e}") from None
     if train_flags:
         parsed = train_args.parse_args(train_flags)
-        settings.update(parsed.model)
-        settings.update(parsed.train)
+        settings.update({**parsed.model, **parsed.train})
         source.append("flags " + " ".join(train_flags))
 
     if args.param:
@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None, evaluate=None) -> dict:
                       f"log {spec.log}, runs under {spec.out_root}", highlight=False)
         return {"spec": spec.to_dict(), "candidates": cands}
     with launch.sigterm_as_interrupt():  # `kill` stops the current training run too
-        return GreedySearch(spec, evaluate, console, overwrite=args.overwrite).run()
+        return run_search(spec, evaluate, console, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

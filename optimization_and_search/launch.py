@@ -31,12 +31,14 @@ after a grace period.
 The settings a driver owns (DRIVER_OWNED, and `seed` where the driver sets it) are declared here with
 the reason. `check_key` refuses them (and any name that is not a train.py argument) in sweep files and
 search spaces; the Optuna search refuses them among its train.py flags; the greedy search drops them
-from its baseline (a train.py config file, which may well name an out_dir).
+from its baseline (a train.py config file, which may well name an out_dir). `check_name` keeps a
+sweep's, search's or study's name one plain folder name, so its folder stays under out/.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +88,18 @@ def check_key(key, where: str = "", driver: str = "sweep", near=()) -> None:
     guess = closest(key, [*train_args.schema(), *train_args.LAUNCH_ARGS, *near])
     hint = f"; did you mean '{guess}'?" if guess else ""
     raise UserError(f"{at}unknown setting '{key}' (not a train.py argument){hint} (python train.py --help lists them)")
+
+
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def check_name(name, flag: str) -> str:
+    """A name a driver makes a folder and a log file of (a sweep, a search, a study): one plain path
+    component (letters, digits, '.', '_', '-', not starting with '.'), so out/<name> stays inside out/."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise UserError(f"{flag} {name!r} must be a plain folder name (letters, digits, '.', '_', '-'; no '/', "
+                        "not starting with '.'): it names the run folder and the log; choose another")
+    return name
 
 
 def train_argv(settings: dict, out_dir: str | Path | None = None, resume: bool = False) -> list[str]:

@@ -28,13 +28,18 @@ evaluation's val loss stops unpromising trials early (status "pruned"). Several 
 The study lives in `--storage` (default sqlite:///out_root/<study>/study.db) under `--study_name`
 (default: the search-space file's name); running the same command again continues it up to
 `--n_trials` finished trials in total. Trials a killed process left "running" are marked failed,
-logged as "interrupted", and their parameters are tried once more. One process per study at a time.
+logged as "interrupted", and their parameters are tried once more. Several processes (workers) may run
+one study at once, on one machine or many (a shared --storage): each trains its own trials and stops
+once the study holds --n_trials finished ones (a worker finishes the trial it is in, so the study may
+end a trial or two over).
 
 Every finished trial is one document of `exploration_logs/<study>.yaml` (the exploration-log shape of
 results.py: name, status completed|failed|pruned|interrupted, exit_code, out_dir, started_at, finished_at,
 settings, config, summary, log_tail for failures, and `optuna`: trial number, params, objective
 values, intermediate val losses, whether it is on the best/Pareto set), rewritten atomically after
-each trial; `analysis/plot_sweep.py` reads it like any sweep log.
+each trial from the study, by one worker at a time (locks.writing: the last rewrite read the study
+last). The workers hold the log shared (locks.hold), so a sweep runner or greedy search given the same
+log is refused while they run, and the other way round. `analysis/plot_sweep.py` reads it like any sweep log.
 """
 from __future__ import annotations
 
@@ -50,12 +55,14 @@ import yaml
 
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from io_utils import atomic_write_bytes
-from optimization_and_search import launch
+from optimization_and_search import launch, locks
 from optimization_and_search.optuna_space import SearchSpace, choice_label, load_space, parse_train_flags
 from optimization_and_search.results import log_entry, plain, write_log
 from run_dir import numeric_summary_keys
 
-MAXIMIZE = ("tokens_per_s", "mfu")  # objectives maximised unless --directions says otherwise
+PROG = "optuna_search.py"
+MAXIMIZE = ("tokens_per_s", "mfu")
+PID_GRACE_S = 60.0  # a RUNNING trial without its worker's pid is taken for stale after this long  # objectives maximised unless --directions says otherwise
 
 
 # ------------------------------------------------------------------------------------ objectives
@@ -107,10 +114,13 @@ def _prepare_storage(url: str) -> str:
 
 
 def _alive(trial) -> bool:
-    """Whether a RUNNING trial's process still runs (on this host); a trial without a pid is stale."""
+    """Whether a RUNNING trial's process still runs (on this host). A trial without a pid is stale once
+    it is PID_GRACE_S old: its worker records the pid just after the trial starts (another worker that
+    looked in between would otherwise fail a live trial)."""
     pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
     if pid is None:
-        return False
+        start = trial.datetime_start
+        return start is not None and (datetime.now(start.tzinfo) - start).total_seconds() < PID_GRACE_S
     if host != socket.gethostname():
         return True  # another machine's worker: leave it alone
     if pid == os.getpid():
@@ -308,7 +318,7 @@ def print_space(console, space: SearchSpace, study_name: str) -> None:
 
 # ------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="optuna_search.py", allow_abbrev=False,
+    p = ArgumentParser(prog=PROG, allow_abbrev=False,
                        description="Optuna search over train.py settings; train.py flags after `--` apply to every trial.")
     p.add_argument("-c", "--space", required=True, help="search-space YAML (fixed: settings, params: ranges/choices)")
     p.add_argument("--n_trials", type=int, default=20, help="finished trials the study should hold in total (default 20)")
@@ -349,10 +359,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise UserError(f"--n_trials must be at least 1, got {args.n_trials}")
     directions = check_objectives(args.objectives, args.directions)
     space = load_space(args.space, parse_train_flags(train_flags))
-    study_name = args.study_name or Path(args.space).stem
+    study_name = launch.check_name(args.study_name or Path(args.space).stem, "--study_name" if args.study_name
+                                   else f"study name (from {args.space}; see --study_name)")
     study_dir = Path(args.out_root) / study_name
     log_path = Path(args.log_dir) / f"{study_name}.yaml"
-    multi = len(args.objectives) > 1
 
     from rich.console import Console
     console = Console() if Console().is_terminal else Console(width=160)
@@ -360,8 +370,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.dry_run:
         return None
 
+    with locks.hold(log_path, PROG, "give this study another --log_dir or --study_name", shared=True):
+        return run_study(args, space, study_name, directions, study_dir, log_path, console)
+
+
+def run_study(args, space: SearchSpace, study_name: str, directions: list[str], study_dir: Path, log_path: Path,
+              console) -> dict:
+    """Create or load the study, run this worker's trials, export the log and print the best trials."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
+    multi = len(args.objectives) > 1
     storage = _prepare_storage(args.storage or default_storage(study_dir))
     pruner = make_pruner(args)
     try:
@@ -387,7 +405,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         console.print(text, highlight=False, markup=False)
 
     def export(*_):
-        write_log(log_path, export_documents(study, args.objectives))
+        with locks.writing(log_path):  # read the study and write, one worker at a time
+            write_log(log_path, export_documents(study, args.objectives))
 
     recover_stale(study, log)
     done = len(counted_trials(study))
@@ -404,6 +423,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             values = f"at step {max(trial.intermediate_values, default=0)}"
         log(f"trial {trial.number} {status}: {values.strip().splitlines()[-1] if values.strip() else ''}")
         export()
+        if len(counted_trials(study)) >= args.n_trials:  # other workers may have finished trials too
+            study.stop()
 
     try:
         if remaining > 0:
@@ -413,9 +434,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     finally:
         export()
     rows = best_rows(study, args.objectives)
-    atomic_write_bytes(study_dir / "best_trials.yaml",
-                       yaml.safe_dump({"study": study_name, "objectives": list(args.objectives),
-                                       "directions": directions, "trials": rows}, sort_keys=False).encode())
+    with locks.writing(study_dir / "best_trials.yaml"):
+        atomic_write_bytes(study_dir / "best_trials.yaml",
+                           yaml.safe_dump({"study": study_name, "objectives": list(args.objectives),
+                                           "directions": directions, "trials": rows}, sort_keys=False).encode())
     print_results(console, study, space, args.objectives, directions)
     log(f"log: {log_path}; {'Pareto front' if multi else 'best trial'}: {study_dir / 'best_trials.yaml'}")
     return {"study_name": study_name, "storage": storage, "log": str(log_path), "study_dir": str(study_dir),

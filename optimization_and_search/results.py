@@ -1,8 +1,11 @@
-"""The exploration log: one YAML document per finished training run, written by the sweep runner and the
-Optuna search, read by analysis/plot_sweep.py (and anything else, with `yaml.safe_load_all`).
+"""The exploration log: one YAML document per attempt at a training run (a run interrupted and then
+resumed has two), written by the sweep runner and the Optuna search, read by analysis/plot_sweep.py.
 
     from optimization_and_search.results import latest_by_name, load_log
-    docs = latest_by_name(load_log("exploration_logs/softmax_cpu.yaml"))   # the latest document per run
+    docs = latest_by_name(load_log("exploration_logs/softmax_cpu.yaml"))   # the result of each run
+
+`latest_by_name` is the one rule for which attempt is a run's result (its last); `load_log` keeps the
+readable documents of a damaged log and says where the others are (document number, byte offset).
 
 A document (built by `log_entry`, the one place its keys are spelled):
 
@@ -17,6 +20,7 @@ killed at any moment leaves the previous log or the new one. This module does no
 from __future__ import annotations
 
 import csv
+import io
 import re
 import sys
 from datetime import datetime
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from errors import UserError
 from io_utils import atomic_write_bytes
 from run_dir import CONFIG, SUMMARY, RunDir
 
@@ -88,22 +93,74 @@ def dump_doc(doc: dict) -> str:
                                allow_unicode=True)
 
 
-def load_log(path: str | Path) -> list[dict]:
-    """Every document of a result log, in order; a torn or unreadable document is skipped."""
+DOC_START = re.compile(rb"(?m)^---[ \t]*\r?$")  # how dump_doc starts a document
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def split_documents(data: bytes) -> list[tuple[int, bytes]]:
+    """(byte offset, bytes) of each document of a multi-document YAML file, cut at its `---` lines (a
+    block scalar's lines are indented, so a `---` line always starts a document)."""
+    starts = [m.start() for m in DOC_START.finditer(data)]
+    if not starts or (starts[0] > 0 and data[:starts[0]].strip()):
+        starts = [0, *starts]  # text before the first marker is a document of its own
+    return [(a, data[a:b]) for a, b in zip(starts, starts[1:] + [len(data)])]
+
+
+def line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def yaml_error_where(e: yaml.YAMLError) -> str:
+    """`mapping values are not allowed here, line 3 column 7` from a YAML error."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or type(e).__name__
+    return f"{what}, line {mark.line + 1} column {mark.column + 1}" if mark is not None else what
+
+
+def load_log(path: str | Path, warn=_warn) -> list[dict]:
+    """Every document of a result log, in order. A document that is not UTF-8 or not YAML (torn by a
+    crash or a hand edit) is skipped with one line to `warn` (stderr) giving its number and byte offset;
+    the readable ones are kept. Documents without a `name` are left out."""
     path = Path(path)
     if not path.exists():
         return []
-    text = path.read_text()
+    data = path.read_bytes()
     try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError:  # parse document by document, keeping the readable ones
+        docs = list(yaml.safe_load_all(data.decode()))
+    except (UnicodeDecodeError, yaml.YAMLError):  # document by document, keeping the readable ones
         docs = []
-        for chunk in re.split(r"(?m)^---[ \t]*$", text):
+        for number, (offset, chunk) in enumerate(split_documents(data), 1):
+            at = f"{path}: document {number} (byte {offset}, line {line_of(data, offset)})"
             try:
-                docs.append(yaml.safe_load(chunk))
-            except yaml.YAMLError:
-                print(f"warning: skipping an unreadable document in {path}", file=sys.stderr)
-    return [d for d in docs if isinstance(d, dict) and "name" in d]
+                text = chunk.decode()
+            except UnicodeDecodeError as e:
+                warn(f"{at} is not UTF-8 (byte {offset + e.start}); skipped")
+                continue
+            try:
+                docs.append(yaml.safe_load(text))
+            except yaml.YAMLError as e:
+                warn(f"{at} is not valid YAML ({yaml_error_where(e)} of the document); skipped")
+    return [d for d in docs if isinstance(d, dict) and isinstance(d.get("name"), str)]
+
+
+def read_yaml_file(path: str | Path, what: str):
+    """A single-document YAML file; not UTF-8 or not YAML is a one-line UserError saying where."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        return yaml.safe_load(data.decode())
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} not found") from None
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 (byte {e.start}, line {line_of(data, e.start)}); "
+                        "repair it or move it away") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{what} {path} is not valid YAML ({yaml_error_where(e)}); repair it or move it away") from None
 
 
 def append_log(path: str | Path, doc: dict) -> None:
@@ -121,6 +178,10 @@ def write_log(path: str | Path, docs: list[dict]) -> None:
 
 
 def latest_by_name(docs: list[dict]) -> dict[str, dict]:
+    """The one rule for "the result of a run" in a log with one document per attempt (interrupted,
+    failed, completed): the run's last attempt in the file, which is the run as it now stands (a sweep
+    runner only tries a run again when it did not complete or its settings changed). Every reader uses
+    it: the runner's plan and results table, the CSV, analysis/plot_sweep.py. In order of first attempt."""
     out: dict[str, dict] = {}
     for d in docs:
         out[d["name"]] = d
@@ -147,10 +208,10 @@ def flat_rows(docs: list[dict]) -> tuple[list[str], list[dict]]:
 
 
 def write_csv(path: str | Path, docs: list[dict]) -> None:
+    """`flat_rows` as a CSV file (written atomically); give it `latest_by_name(...).values()`."""
     columns, rows = flat_rows(docs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())

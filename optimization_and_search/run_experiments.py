@@ -6,18 +6,19 @@
 
 Each run trains in <out_root>/<run name> (default out/<sweep name>/<run name>) with its output in train.log
 there, started by launch.py with its own environment (a GPU, a share of the CPU threads). One YAML document
-per finished run (results.py) is appended atomically to exploration_logs/<sweep name>.yaml (name, status,
+per attempt at a run (results.py) is appended atomically to exploration_logs/<sweep name>.yaml (name, status,
 exit_code, out_dir, times, settings, config.json, summary.json; failed runs also the last 40 lines of their
-log). Re-running the same command skips completed runs, resumes or restarts interrupted ones and leaves
-failed ones alone unless --retry_failed; killing the runner (even with SIGKILL) loses no finished result
-and leaves no training process behind. Read the log with yaml.safe_load_all, plot it with
-analysis/plot_sweep.py.
+log); a run's result is its last attempt (results.latest_by_name). Re-running the same command skips
+completed runs, resumes or restarts interrupted ones and leaves failed ones alone unless --retry_failed;
+killing the runner (even with SIGKILL) loses no finished result and leaves no training process behind.
+One runner per log and per --out_root (locks.py: a second one stops at once, naming the first one's pid).
+Plot the log with analysis/plot_sweep.py.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -32,13 +33,14 @@ import yaml
 
 from errors import ArgumentParser, UserError, run_cli
 from io_utils import atomic_write_json
-from optimization_and_search import launch
+from optimization_and_search import launch, locks
 from optimization_and_search.results import append_log, latest_by_name, load_log, log_entry, now, write_csv
 from run_dir import CKPT_LAST, CONFIG, METRICS, SUMMARY, RunDir
 
 if TYPE_CHECKING:
     from optimization_and_search.sweep_config import Sweep
 
+PROG = "optimization_and_search/run_experiments.py"
 RUN_MARKER = "sweep_run.json"  # written into each run dir as it starts: the settings it was started with
 
 
@@ -397,35 +399,9 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-class _Lock:
-    """One runner per sweep log: an exclusive lock on a file beside it, released when the process dies."""
-
-    def __init__(self, path: Path):
-        self.path, self.file = path, None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "w")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.close()
-            raise UserError(f"another run_experiments.py is running this sweep (lock {self.path}); "
-                            "wait for it, or give this one another --name") from None
-        return self
-
-    def __exit__(self, *exc):
-        if self.file is not None:
-            self.file.close()
-
-
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict:
-    p = ArgumentParser(prog="optimization_and_search/run_experiments.py", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", required=True, help="sweep file (YAML or JSON), e.g. explorations/softmax_cpu.yaml")
     p.add_argument("--name", help="sweep name: the log's and the out folder's name (default: the file's stem)")
     p.add_argument("--out_root", help="folder of the run directories (default: out/<sweep name>)")
@@ -446,9 +422,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     if shutil.which(args.python) is None:
         raise UserError(f"--python {args.python}: no such interpreter")
-    name = args.name or Path(args.config).stem
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise UserError(f"sweep name '{name}' must use only letters, digits, '.', '_' and '-' (see --name)")
+    name = launch.check_name(args.name or Path(args.config).stem,
+                             "--name" if args.name else f"sweep name (from {args.config}; see --name)")
     from optimization_and_search.sweep_config import load_sweep  # imports torch: only when running a sweep
     sweep = load_sweep(args.config, name, parse_set(args.set))
     for w in sweep.warnings:
@@ -460,13 +435,23 @@ def main(argv: list[str] | None = None) -> dict:
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
+    with contextlib.ExitStack() as held:
+        if not args.dry_run:  # before the log is read: the plan stays true while this runner runs
+            held.enter_context(locks.hold(log_path, PROG, "give this sweep another --name or --log_dir"))
+            held.enter_context(locks.hold(out_root, PROG, "give this sweep another --out_root"))
+        return run_sweep(args, sweep, out_root, log_path, console)
+
+
+def run_sweep(args, sweep: Sweep, out_root: Path, log_path: Path, console) -> dict:
+    """Plan the sweep against its log and run folders, run what is left, print and export the results."""
+    name = sweep.name
     logged = latest_by_name(load_log(log_path))
     tasks = plan(sweep, out_root, logged, args.retry_failed)
     if args.dry_run:
         console.print(dry_run_table(sweep, tasks, log_path))
         return {"sweep": sweep, "tasks": tasks, "log": log_path, "ran": []}
 
-    with _Lock(log_path.with_name(f".{name}.lock")), launch.sigterm_as_interrupt():
+    with launch.sigterm_as_interrupt():
         for t in tasks:
             if t.note:
                 print(f"{t.name}: {t.note}", flush=True)

@@ -71,3 +71,19 @@ def test_plot_errors(tmp_path):
     append_log(only_failed, {"name": "x", "status": "failed", "exit_code": 1})
     with pytest.raises(UserError, match="no completed run"):
         plot_sweep.main([str(only_failed)])
+
+
+def test_one_point_per_run_its_last_attempt_and_a_damaged_document_skipped(tmp_path, capsys):
+    log = tmp_path / "sweep.yaml"
+    append_log(log, {"name": "a", "status": "interrupted", "settings": {"n_layer": 1}, "summary": None})
+    fake_log(log)
+    append_log(log, {"name": "a", "status": "completed", "settings": {"n_layer": 1},
+                     "summary": {"best_val_loss": 1.5, "num_params": 1500}})
+    data = log.read_bytes()
+    at = data.index(b"sva-softmax_nl-2")  # damage the second document
+    log.write_bytes(data[:at] + b"\xff" + data[at:])
+    result = plot_sweep.main([str(log)])
+    assert sorted(result["names"]) == ["a", "sva-consmax_nl-1", "sva-consmax_nl-2", "sva-softmax_nl-1"]
+    assert result["points"][result["names"].index("a")] == (1500.0, 1.5)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{log}: document 3 (byte " in err[0] and f"(byte {at})" in err[0]

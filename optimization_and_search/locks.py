@@ -43,9 +43,12 @@ def lock_file(target: str | Path, suffix: str = "lock") -> Path:
 
 
 def holder(path: str | Path) -> dict:
-    """What the holder of a lock wrote into its lock file ({} when unknown)."""
+    """What the holder of a lock wrote into its lock file ({} when unknown). Shared holders (Optuna
+    workers) starting together can each append their note between the other's truncate and write
+    (the file is opened for appending), so the file may hold several lines: the first one is read."""
     try:
-        data = json.loads(Path(path).read_text())
+        first = next((line for line in Path(path).read_text().splitlines() if line.strip()), "")
+        data = json.loads(first)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -3,7 +3,6 @@
 workers share a study and its log; names that would leave out/ are refused."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -128,7 +127,15 @@ def test_optuna_workers_share_one_study_and_its_log(tmp_path, char_data):
     assert all(d["status"] == "completed" for d in docs)
     saved = yaml.safe_load((tmp_path / "out" / "shared" / "best_trials.yaml").read_text())
     assert saved["trials"][0]["trial"] in {t.number for t in trials}
-    assert json.loads(locks.lock_file(tmp_path / "logs" / "shared.yaml").read_text())["program"] == "optuna_search.py"
+    assert locks.holder(locks.lock_file(tmp_path / "logs" / "shared.yaml"))["program"] == "optuna_search.py"
+
+
+def test_holder_reads_the_first_note_of_shared_holders_that_wrote_together(tmp_path):
+    path = tmp_path / ".x.lock"
+    path.write_text('{"pid": 1, "program": "a.py"}\n{"pid": 2, "program": "b.py"}\n')  # two workers, one race
+    assert locks.holder(path) == {"pid": 1, "program": "a.py"}
+    path.write_text("not json")
+    assert locks.holder(path) == {}
 
 
 def test_a_workers_trial_is_not_taken_for_stale_before_it_records_its_pid(monkeypatch):

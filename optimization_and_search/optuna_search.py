@@ -6,15 +6,8 @@ pruning on the intermediate val losses, SQLite storage (a killed study resumes),
         --objectives best_val_loss macs_per_token
     python optimization_and_search/optuna_search.py -c SPACE.yaml --n_trials 8 -- --max_iters 200   # train.py flags
 
-The search-space file (every key a train.py setting, validated before the study starts; optuna_space.py):
-
-    fixed:                      # settings of every trial (also `preset: NAME`, `config: FILE`)
-      preset: cpu
-      max_iters: 300
-    params:
-      softmax_variant_attn: {choices: [softmax, consmax, relumax]}      # categorical
-      n_layer: {int: [2, 6]}                                            # int range (step: s, log: true)
-      learning_rate: {float: [1.0e-4, 3.0e-3], log: true}               # float range (log: true, step: s)
+The search-space file (`fixed:` settings of every trial and searched `params:`, every key a train.py
+setting, validated before the study starts) is described, with an example, in optuna_space.py.
 
 Trials run in this process (launch.run_in_process: `train.main(argv, on_eval=...)`, which pruning needs),
 each in out_root/<study>/trial_<n> with its output in train.log there. The trial's settings reach train.py

@@ -95,11 +95,9 @@ def register(kind: str, name: str, knobs: Iterable[Knob] = ()) -> Callable[[T], 
 
 def unregister(kind: str, name: str) -> None:
     """Remove a registered variant (a variant defined for one experiment, a notebook or a test)."""
-    table = _kind_table(kind)
+    get(kind, name)  # an unknown name: the usual error with suggestions
     key = normalize(name)
-    if key not in table:
-        raise UserError(unknown_name_message(kind, name, table))
-    del table[key]
+    del _REGISTRY[kind][key]
     del _VARIANT_KNOBS[(kind, key)]
 
 

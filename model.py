@@ -130,14 +130,15 @@ class GPT(nn.Module):
         pass (variations/cost.py). Keys: embedding, position, layer.<i>.<part>, final_norm, lm_head."""
         T = T or self.config.block_size
         C, V = self.config.n_embd, self.config.vocab_size
-        rows = {"embedding": Cost(params=V * C, act_mem=0),  # a table lookup: no arithmetic
+        rows = {"embedding": Cost(params=V * C, weights=C),  # a table lookup: one row read, no arithmetic
                 "position": self.position.cost(T)}
         for i, block in enumerate(self.transformer.h):
             for part, c in block.cost(T).items():
                 rows[f"layer.{i}.{part}"] = c
             rows[f"layer.{i}.position"] = self.position.layer_cost(T)
         rows["final_norm"] = self.transformer.ln_f.cost(T)
-        rows["lm_head"] = Cost(macs=C * V, act_mem=C)  # weights tied to the embedding: no parameters
+        # weights tied to the embedding: no parameters of its own, but the whole table is read
+        rows["lm_head"] = Cost(macs=C * V, weights=C * V, act_mem=C)
         return rows
 
     def flops_per_token(self) -> float:

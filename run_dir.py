@@ -98,14 +98,39 @@ def cost_summary_keys() -> list[str]:
     return [*(f"{c}_per_token" for c in COUNTS if c != "params"), "cost_params"]
 
 
+def ppa_summary_keys(numeric: bool = False) -> list[str]:
+    """The PPA estimate's keys of summary.json (ppa/estimate.py: SUMMARY_KEYS numeric, SUMMARY_TEXT not)."""
+    from ppa.estimate import SUMMARY_KEYS, SUMMARY_TEXT
+    return [*SUMMARY_KEYS] + ([] if numeric else [*SUMMARY_TEXT])
+
+
 def summary_keys() -> list[str]:
     """Every key summary.json holds, in order."""
-    return [f.name for f in SUMMARY_FIELDS] + cost_summary_keys()
+    return [f.name for f in SUMMARY_FIELDS] + cost_summary_keys() + ppa_summary_keys()
 
 
 def numeric_summary_keys() -> list[str]:
     """The numeric keys: what a search may optimise, a sweep log may plot, a greedy search may pay."""
-    return [f.name for f in SUMMARY_FIELDS if f.numeric] + cost_summary_keys()
+    return [f.name for f in SUMMARY_FIELDS if f.numeric] + cost_summary_keys() + ppa_summary_keys(numeric=True)
+
+
+def format_summary_value(key: str, value) -> str:
+    """A summary.json value for a table, in its unit: 1.5 MiB, 2.31 ms, 4.2 uJ, 85 us, 0.123 mm^2, 1.235M."""
+    if value is None:
+        return "-"
+    if key == "peak_memory_bytes":
+        return f"{value / 2**20:,.1f} MiB"
+    if key == "iter_time_ms":
+        return f"{value:.2f} ms"
+    if key.endswith("_mm2"):
+        return f"{value:.4g} mm^2"
+    if "_pj_" in key or "_us_" in key:
+        from ppa.report import si
+        return si(value, "pJ" if "_pj_" in key else "us")
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= div:
+            return f"{value / div:.3f}{unit}"
+    return f"{value:.4g}"
 
 
 def check_summary(summary: dict) -> dict:

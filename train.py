@@ -37,13 +37,14 @@ import train_args
 from data.dataset import TokenData, check_token_ids, load_meta, resolve_data_dir
 from data.sft import SFTData
 from data.tokenizer import load_tokenizer
-from devices import autocast, choose_dtype, estimate_mfu, peak_flops, peak_memory_bytes
+from devices import autocast, choose_device, choose_dtype, estimate_mfu, peak_flops, peak_memory_bytes
 from distributed import Distributed, full_state_dicts, fully_shard_model, launch_rank, load_full_state_dicts
 from errors import UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab
 from io_utils import load_checkpoint
 from model import GPT
-from run_dir import METRICS, SUMMARY, RunDir, disk_full_error, resolve_checkpoint
+from ppa.report import ppa_tables
+from run_dir import METRICS, SUMMARY, RunDir, disk_full_error, ppa_summary_keys, resolve_checkpoint
 from train_args import TrainConfig
 from train_log import Reporter, summary_writer_class, truncate_metrics
 from variations import kernels
@@ -306,6 +307,16 @@ def build_configs(settings: train_args.Settings) -> tuple[GPTConfig, TrainConfig
     return model_config, tc, meta, ckpt
 
 
+def ppa_estimate(model_config: GPTConfig, tc: TrainConfig):
+    """Energy, latency and area of the configuration on --ppa_target (ppa/estimate.py); shapes only.
+    Operations the configuration does not quantise run in the dtype this run trains in (or --ppa_format)."""
+    from ppa.estimate import estimate
+    with torch.device("meta"):  # no memory for the weights
+        model = GPT(model_config)
+    dtype = str(choose_dtype(tc.dtype, choose_device(tc.device))).removeprefix("torch.")
+    return estimate(model, target=tc.ppa_target, tech=tc.ppa_tech, fmt=tc.ppa_format, dtype=dtype)
+
+
 def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
     """Train; returns the summary (None for --list_variants).
 
@@ -318,6 +329,7 @@ def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
         print_variants()
         return None
     model_config, tc, meta, ckpt = build_configs(settings)
+    ppa = ppa_estimate(model_config, tc)  # a bad --ppa_target or table fails here, before anything is written
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
     run = RunDir(tc.out_dir)
@@ -327,13 +339,13 @@ def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
             run.check_new(tc.overwrite)  # again, holding the lock: another run may have started here meanwhile
         dd = Distributed(tc.device)
         try:
-            return _train(model_config, tc, meta, ckpt, dd, run, on_eval)
+            return _train(model_config, tc, meta, ckpt, dd, run, on_eval, ppa)
         finally:
             dd.close()
 
 
 def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | None, dd: Distributed,
-           run: RunDir, on_eval=None) -> dict:
+           run: RunDir, on_eval=None, ppa=None) -> dict:
     trainer = Trainer(model_config, tc, meta, dd)
     if ckpt is not None:
         if tc.init_from == "resume":
@@ -362,13 +374,17 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
         run.write_meta(meta)
     cost_rows = model.cost(model_config.block_size)
     if dd.master:
-        run.write_cost({"context": model_config.block_size, "rows": {k: c.to_dict() for k, c in cost_rows.items()}})
+        run.write_cost({"context": model_config.block_size, "rows": {k: c.to_dict() for k, c in cost_rows.items()},
+                        "ppa": ppa.to_dict() if ppa else None})
     report = Reporter(run.path, tc.max_iters, start_iter, dd.master, tc.tensorboard)
     for note in notes:
         report.line(note)
     if tc.print_cost and dd.master:
         report.console.print(cost_table(group_by_component(cost_rows),
                                         f"hardware cost per token, forward, context {model_config.block_size}"))
+        if ppa:
+            for table in ppa_tables(ppa):
+                report.console.print(table)
     report.line(f"{'resuming' if start_iter else 'training'} {model.num_params() / 1e6:.2f}M parameters on "
                 f"{trainer.device} ({str(trainer.dtype).removeprefix('torch.')}, {dd.world_size} process(es)), "
                 f"{trainer.tokens_per_iter:,} tokens/step, from step {start_iter} -> {run.path}")
@@ -405,6 +421,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             "softmax_kernel": kernels.select(model_config.softmax_kernel, trainer.device.type)[0],
             "learned_constants": trainer.learned_constants,
             **per_token_summary(cost_rows),
+            **(ppa.summary() if ppa else dict.fromkeys(ppa_summary_keys())),
         }
 
     def checkpoint(best: bool):

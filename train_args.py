@@ -79,9 +79,19 @@ class TrainConfig:
     eval_interval: int = _f(250, "evaluate (and checkpoint) every this many steps", "logging", minimum=1)
     eval_iters: int = _f(20, "batches per split in each evaluation", "logging", minimum=1)
     log_interval: int = _f(10, "log the training loss every this many steps", "logging", minimum=1)
-    print_cost: bool = _f(False, "print the hardware cost per component (MACs, exp, div, ... per token) before training", "logging")
+    print_cost: bool = _f(False, "print the hardware cost per component before training: operation counts (MACs, "
+                          "exp, div, ... per token) and the PPA estimate on --ppa_target (energy, latency, area)",
+                          "logging")
     tensorboard: bool = _f(False, "also write the logged scalars (losses, lr, tokens/s, MFU) to OUT_DIR/tensorboard/ "
                            "(needs: pip install tensorboard)", "logging")
+    # --- hardware estimate (ppa/estimate.py; written to summary.json) ---
+    ppa_target: str = _f("edge_int8", "hardware target of the energy/latency/area estimates: a name from ppa/targets/ "
+                         "(analysis/cost_report.py --list) or a target YAML file", "hardware estimate")
+    ppa_tech: str = _f(None, "technology table of the estimates: a name from ppa/tech/ or a YAML file; default the "
+                       "target's own, else horowitz45", "hardware estimate")
+    ppa_format: str = _f(None, "number format of the operations the configuration does not quantise (fp32, bf16, "
+                         "fp16, fp8, int8, ...); default an accelerator target's native format, else --dtype",
+                         "hardware estimate")
     # --- system ---
     device: str = _f("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps", "system")
     dtype: str = _f("auto", "auto: bfloat16 on CUDA that supports it, float16 on other CUDA, else float32", "system", choices=DTYPES)
@@ -274,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", type=_preset_type, metavar="{" + ",".join(sorted(PRESETS)) + "}",
                    help="named starting point (config file and flags override it)")
     p.add_argument("--list_variants", action="store_true", help="print every registered component and exit")
-    groups = {g: p.add_argument_group(g) for g in ("model", "data", "training", "fine-tuning", "logging", "system")}
+    groups = {g: p.add_argument_group(g) for g in ("model", "data", "training", "fine-tuning", "logging", "hardware estimate", "system")}
     for spec in _schema().values():
         default = spec.default
         help_text = spec.help + (f" (default: {default})" if default is not None else "")

@@ -3,6 +3,7 @@
     python analysis/plot_sweep.py exploration_logs/softmax_cpu.yaml                       # val loss vs params
     python analysis/plot_sweep.py exploration_logs/softmax_cpu.yaml --x macs_per_token --out softmax_macs.png
     python analysis/plot_sweep.py exploration_logs/gqa_cpu.yaml --x exp_per_token --y final_val_loss --logx
+    python analysis/plot_sweep.py exploration_logs/softmax_cpu.yaml --x energy_pj_per_token_decode   # PPA estimate
 
 Reads the YAML log written by optimization_and_search/run_experiments.py or optuna_search.py (one document
 per attempt at a run, optimization_and_search/results.py): each run's last attempt (results.latest_by_name),

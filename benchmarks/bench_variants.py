@@ -223,8 +223,8 @@ def cost_figures(model: GPT, T: int) -> dict:
     for key, c in rows.items():
         part = key.split(".", 2)[2] if key.startswith("layer.") else key  # layer.<i>.attention -> attention
         by_part.setdefault(part, []).append(c)
-    return {"total": total(rows.values()).to_dict(),
-            "by_part": {part: total(cs).to_dict() for part, cs in by_part.items()}}
+    return {"total": total(rows.values()).counts(),
+            "by_part": {part: total(cs).counts() for part, cs in by_part.items()}}
 
 
 def make_entries(kind: str, bench: Bench) -> list[Entry]:

@@ -61,12 +61,13 @@ from optimization_and_search import launch, locks
 from optimization_and_search.greedy_rule import (ON_PLATEAU, aggregate, base_value, build_candidates, final_model,
                                                  finite, raise_iters, rank_candidates, step_outcome, trajectory)
 from optimization_and_search.results import now, plain, read_yaml_file
-from run_dir import numeric_summary_keys
+from run_dir import format_summary_value, numeric_summary_keys
 
 PROG = "hyperparam_search.py"
 # cost names -> summary.json keys; any other numeric summary key may be named directly
 COSTS = {"params": "num_params", "macs": "macs_per_token", "iter_latency": "iter_time_ms",
-         "peak_memory": "peak_memory_bytes"}
+         "peak_memory": "peak_memory_bytes", "energy": "energy_pj_per_token_decode",
+         "latency": "latency_us_per_token_decode", "area": "area_mm2"}
 SPEC_KEYS = ("name", "baseline", "preset", "overrides", "params", "multiples", "steps", "seeds", "seed0",
              "cost", "objective", "on_plateau", "iters_factor", "min_improvement", "in_process", "log",
              "out_root", "retry_failed")
@@ -390,16 +391,7 @@ def _console():
 
 
 def fmt_num(cost: str, value) -> str:
-    if value is None:
-        return "-"
-    if cost in ("peak_memory", "peak_memory_bytes"):
-        return f"{value / 2**20:,.1f} MiB"
-    if cost in ("iter_latency", "iter_time_ms"):
-        return f"{value:.2f} ms"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= div:
-            return f"{value / div:.3f}{unit}"
-    return f"{value:.4g}"
+    return format_summary_value(COSTS.get(cost, cost), value)
 
 
 def fmt_change(change: dict | None) -> str:

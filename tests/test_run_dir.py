@@ -59,13 +59,16 @@ def test_the_summary_schema_is_what_train_writes():
     """Writers go through check_summary: the keys train.py writes are exactly the declared ones."""
     summary = json.loads((FIXTURE / run_dir.SUMMARY).read_text())
     assert set(summary) < set(run_dir.summary_keys())  # an older summary: a subset (readers use .get)
-    summary.update(learned_constants={}, threads=1, error=None)  # the keys added since the fixture was written
+    # the keys added since the fixture was written
+    summary.update(learned_constants={}, threads=1, error=None, exp2_per_token=0, weights_per_token=0,
+                   kv_read_per_token=0, kv_write_per_token=0, **dict.fromkeys(run_dir.ppa_summary_keys()))
     assert list(run_dir.check_summary(summary)) == run_dir.summary_keys()
     with pytest.raises(KeyError, match="extra \\['bogus'\\]"):
         run_dir.check_summary({**summary, "bogus": 1})
     numeric = run_dir.numeric_summary_keys()
-    assert {"best_val_loss", "num_params", "macs_per_token", "exp_per_token", "cost_params"} <= set(numeric)
-    assert not {"status", "device", "dtype"} & set(numeric)
+    assert {"best_val_loss", "num_params", "macs_per_token", "exp_per_token", "cost_params",
+            "energy_pj_per_token_decode", "latency_us_per_token_decode", "area_mm2"} <= set(numeric)
+    assert not {"status", "device", "dtype", "ppa_target", "ppa_format"} & set(numeric)
     assert all(isinstance(summary[k], (int, float)) or summary[k] is None for k in numeric)
 
 

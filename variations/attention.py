@@ -212,11 +212,14 @@ class CausalSelfAttention(Attention):
         """Per token at context T: projections, n_head rows of scores, the normaliser, the weighted
         sum. A window of W counts min(T, W) keys per query (what a banded kernel computes; the
         explicit path here computes the full row and masks it). The fused SDPA path keeps no score
-        matrix for the backward pass."""
+        matrix for the backward pass. The KV cache: a token appends its key and value (n_kv_head heads)
+        and reads the n_keys cached ones it attends to, once for all n_head / n_kv_head query heads
+        sharing them (GQA); a window reads only the last W."""
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         n_keys = T if self.window is None else min(T, self.window)
         n = nh * n_keys  # scores per token
-        attn = Cost(macs=2 * n * hs, elementwise=n, act_mem=(0 if self.use_sdpa else 2 * n) + 3 * nh * hs)
+        attn = Cost(macs=2 * n * hs, elementwise=n, act_mem=(0 if self.use_sdpa else 2 * n) + 3 * nh * hs,
+                    kv_read=2 * nkv * hs * n_keys, kv_write=2 * nkv * hs)
         if self.q_norm is not None:  # per head vector: square, scale, weight; one row sum and rsqrt
             heads = nh + nkv
             attn = attn + Cost(params=2 * hs, elementwise=3 * hs * heads, reduce=hs * heads, sqrt=heads,
@@ -301,14 +304,17 @@ class LinearAttention(Attention):
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         feats = (nh + nkv) * hs
         phi = Cost(elementwise=feats, exp=feats, cmp=feats, act_mem=feats + nkv * hs)
-        if self.biased:
+        if self.biased:  # the cache holds phi(k) and v of every past token, as softmax attention's does
             n = nh * T
-            attn = Cost(macs=2 * n * hs, elementwise=2 * n, exp=n, cmp=n, reduce=2 * n, div=nh * hs, act_mem=2 * n)
+            attn = Cost(macs=2 * n * hs, elementwise=2 * n, exp=n, cmp=n, reduce=2 * n, div=nh * hs, act_mem=2 * n,
+                        kv_read=2 * nkv * hs * T, kv_write=2 * nkv * hs)
         else:
             # the rank-1 update is elementwise (an outer product has no contraction, and
-            # FlopCounterMode counts it as such): hs^2 multiplies and hs^2 adds per kv head
+            # FlopCounterMode counts it as such): hs^2 multiplies and hs^2 adds per kv head.
+            # The state S (hs x hs) and z (hs) per kv head is the cache: read and rewritten per token
+            state = nkv * (hs * hs + hs)
             attn = Cost(macs=nh * (hs * hs + hs), elementwise=nkv * (2 * hs * hs + hs), div=nh * hs,
-                        act_mem=nkv * (hs * hs + hs) + nh * hs)
+                        act_mem=nkv * (hs * hs + hs) + nh * hs, kv_read=state, kv_write=state)
         return self.c_attn.cost(T) + phi + attn + self.c_proj.cost(T)
 
 

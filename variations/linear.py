@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from errors import UserError
-from variations.cost import Cost
+from variations.cost import DEFAULT, Cost, mac_format
 from variations.registry import knob, register
 
 EPS = 1e-8  # floor of every quantisation range: an all-zero row or tensor quantises to exactly 0
@@ -159,7 +159,10 @@ class BitLinear(Linear):
         c.elementwise += self.out_features  # rescale the m outputs by s_x s_w (one combined scale)
         if self.act_bits:
             c = c + act_quant_cost(self.in_features, "symmetric", per_token=True)
-        return c
+        # ternary weights times act_bits activations (or the default format when those are not quantised)
+        act = f"int{self.act_bits}" if self.act_bits else DEFAULT
+        return (c.at(mac_format("ternary", act), "macs")
+                .at("ternary", "weights", amount=self.in_features * self.out_features))
 
 
 @register("linear", "quantized", knobs=[QUANT_WEIGHT_BITS, QUANT_ACT_BITS, QUANT_SCHEME, QUANT_GRANULARITY])
@@ -208,4 +211,7 @@ class QuantizedLinear(Linear):
                 c.elementwise += m  # activations: z_x * column sums of W_q (precomputed)
         if self.act_bits:
             c = c + act_quant_cost(n, self.scheme, per_token=self.per_channel)
-        return c
+        # integer weights times integer activations, or times the default format (dequantised weights)
+        act = f"int{self.act_bits}" if self.act_bits else DEFAULT
+        return (c.at(mac_format(f"int{self.weight_bits}", act), "macs")
+                .at(f"int{self.weight_bits}", "weights", amount=n * m))

@@ -80,7 +80,8 @@ class LearnedPosition(PositionEncoding):
         return x + self.wpe(pos)  # (B, T, C) + (T, C)
 
     def cost(self, T: int) -> Cost:
-        return Cost(params=self.wpe.weight.numel(), elementwise=self.wpe.embedding_dim)  # one add per channel
+        # one add per channel; a token reads one row of the table
+        return Cost(params=self.wpe.weight.numel(), weights=self.wpe.embedding_dim, elementwise=self.wpe.embedding_dim)
 
 
 @register("position", "sinusoidal")

@@ -121,10 +121,13 @@ def _learned_spec(beta: torch.Tensor, gamma: torch.Tensor, slot2: float = 0.0) -
     return torch.stack([beta, gamma, torch.full_like(beta, slot2), torch.zeros_like(beta)], dim=1)
 
 
-def _normalising_cost(n: int, extra_elementwise: int = 0, extra_exp: int = 0, extra_div: int = 0) -> Cost:
-    """A max-subtracted softmax over n elements: row max, subtract, exp, row sum, divide."""
-    return Cost(elementwise=n + extra_elementwise, exp=n + extra_exp, div=n + extra_div, cmp=n, reduce=2 * n,
-                act_mem=n)
+def _normalising_cost(rows: int, row_len: int, extra_elementwise: int = 0, extra_exp: int = 0,
+                      extra_div: int = 0) -> Cost:
+    """A max-subtracted softmax over rows of row_len elements: row max, subtract, exp, row sum, then
+    one reciprocal of the sum per row and a multiply per element (what hardware does for "/ sum")."""
+    n = rows * row_len
+    return Cost(elementwise=2 * n + extra_elementwise, exp=n + extra_exp, div=rows + extra_div, cmp=n,
+                reduce=2 * n, act_mem=n)
 
 
 # ---------------------------------------------------------------- the base: declared capabilities
@@ -169,7 +172,7 @@ class Softmax(Normalizer):
         return "scaled_softmax", _spec(x, 1.0)
 
     def cost(self, rows: int, row_len: int) -> Cost:
-        return _normalising_cost(rows * row_len)
+        return _normalising_cost(rows, row_len)
 
 
 @register("softmax", "strongermax", knobs=[STRONGERMAX_BASE])
@@ -197,7 +200,7 @@ class Strongermax(Normalizer):
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
-        return _normalising_cost(n, extra_elementwise=n)  # the scaling by ln b
+        return _normalising_cost(rows, row_len, extra_elementwise=n)  # the scaling by ln b
 
 
 @register("softmax", "softermax", knobs=[SOFTERMAX_BLOCK])
@@ -247,9 +250,10 @@ class Softermax(Normalizer):
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
         slices = rows * math.ceil(row_len / self.block)
-        # per element: running-max compare, subtract, 2^x, sum, final correction multiply, divide;
-        # per slice and row: max of max, 2^(old - new) and multiply for the sum, 2^(slice - final)
-        return Cost(elementwise=2 * n + 2 * slices, exp=n + 2 * slices, div=n, cmp=n + slices, reduce=2 * n,
+        # per element: running-max compare, subtract, 2^x, sum, final correction multiply, multiply by
+        # 1/sum; per slice and row: max of max, 2^(old - new) and multiply for the sum, 2^(slice - final);
+        # one reciprocal per row. Every exponential is base 2 (no multiply by log2 e: the variant's point)
+        return Cost(elementwise=3 * n + 2 * slices, exp2=n + 2 * slices, div=rows, cmp=n + slices, reduce=2 * n,
                     act_mem=n)
 
 
@@ -275,7 +279,7 @@ class SigSoftmax(Normalizer):
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
         # plus sigmoid(x) = 1 / (1 + exp(-x)) and the product: one exp, one divide, two elementwise
-        return _normalising_cost(n, extra_elementwise=2 * n, extra_exp=n, extra_div=n)
+        return _normalising_cost(rows, row_len, extra_elementwise=2 * n, extra_exp=n, extra_div=n)
 
 
 # ---------------------------------------------------------------- elementwise: exp over learned constants
@@ -307,8 +311,9 @@ class ConSmax(Normalizer):
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
-        # subtract beta, exp, divide by gamma: no max, no row sum
-        return Cost(params=2, elementwise=n, exp=n, div=n, act_mem=n)
+        # subtract beta, exp, multiply by 1/gamma (a learned constant: its reciprocal is computed once,
+        # not per element): no max, no row sum, no division
+        return Cost(params=2, elementwise=2 * n, exp=n, act_mem=n)
 
 
 @register("softmax", "consmax_v2", knobs=[CONSMAX_BETA, CONSMAX_GAMMA])
@@ -346,7 +351,7 @@ class ConSmaxV2(Normalizer):
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
-        return Cost(params=2 * self.n_head, elementwise=n, exp=n, div=n, act_mem=n)
+        return Cost(params=2 * self.n_head, elementwise=2 * n, exp=n, act_mem=n)  # as consmax, per head
 
 
 @register("softmax", "saturating_consmax", knobs=[CONSMAX_BETA, CONSMAX_GAMMA, SATURATION])
@@ -381,8 +386,8 @@ class SaturatingConSmax(Normalizer):
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
-        # subtract beta, compare with s (select), exp, the tangent's add and multiply, divide by gamma
-        return Cost(params=2, elementwise=3 * n, exp=n, div=n, cmp=n, act_mem=n)
+        # subtract beta, compare with s (select), exp, the tangent's add and multiply, times 1/gamma
+        return Cost(params=2, elementwise=4 * n, exp=n, cmp=n, act_mem=n)
 
 
 # ---------------------------------------------------------------- elementwise: f(x) / constant divisor
@@ -424,8 +429,8 @@ class Polymax(Normalizer):
             power = Cost(elementwise=(int(self.power) - 1) * n)
         else:  # x^p = exp(p ln x): ln and exp counted as exponentials, one multiply
             power = Cost(elementwise=n, exp=2 * n)
-        # two compares (select the piece), the line's subtract and multiply, + y0, divide
-        return power + Cost(elementwise=3 * n, div=n, cmp=2 * n, act_mem=n)
+        # two compares (select the piece), the line's subtract and multiply, + y0, times 1/divisor
+        return power + Cost(elementwise=4 * n, cmp=2 * n, act_mem=n)
 
 
 class _ActivationOverDivisor(Normalizer):
@@ -455,7 +460,8 @@ class _ActivationOverDivisor(Normalizer):
 
     def cost(self, rows: int, row_len: int) -> Cost:
         n = rows * row_len
-        return self.activation_cost(n) + Cost(div=n, act_mem=n)  # + the divide by the constant
+        # + the division by the constant divisor: a multiply by its reciprocal, computed once
+        return self.activation_cost(n) + Cost(elementwise=n, act_mem=n)
 
 
 @register("softmax", "relumax", knobs=[RELUMAX_DIVISOR])

@@ -35,6 +35,7 @@ def fake_log(path):
                           "settings": {"max_iters": 6, "softmax_variant_attn": sm, "n_layer": nl},
                           "config": {"model": {"n_layer": nl, "n_embd": 32}, "train": {"max_iters": 6}},
                           "summary": {"best_val_loss": loss, "num_params": params, "macs_per_token": 3 * params,
+                                      "energy_pj_per_token_decode": (5 if sm == "softmax" else 4) * params,
                                       "tokens_per_s": None}})
     append_log(path, {"name": "broken", "status": "failed", "exit_code": 2, "settings": {"n_layer": 9},
                       "summary": None, "log_tail": "error"})
@@ -56,6 +57,9 @@ def test_plot_writes_png_with_front_and_bars(tmp_path):
     assert (tmp_path / "sub" / "macs.png").stat().st_size > 0 and other["front"] == result["front"]
     by_config = plot_sweep.main([str(log), "--x", "n_embd", "--out", str(tmp_path / "e.png")])  # a config key
     assert by_config["front"] == ["sva-softmax_nl-2"]
+    # loss against the PPA estimate's energy: consmax, cheaper per token here, joins the front at 2 layers
+    energy = plot_sweep.main([str(log), "--x", "energy_pj_per_token_decode", "--out", str(tmp_path / "en.png")])
+    assert energy["front"] == ["sva-consmax_nl-1", "sva-consmax_nl-2", "sva-softmax_nl-2"]
 
 
 def test_plot_errors(tmp_path):

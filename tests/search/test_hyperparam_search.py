@@ -54,6 +54,14 @@ def cand(name, objective, cost):
 
 
 # ------------------------------------------------------------------------------ the decision rule
+def test_every_named_cost_is_a_numeric_summary_key():
+    """--cost energy|latency|area (the PPA estimate) and the older names all resolve to summary keys."""
+    from run_dir import numeric_summary_keys
+    assert set(hs.COSTS.values()) <= set(numeric_summary_keys())
+    assert hs.COSTS["energy"] == "energy_pj_per_token_decode" and hs.COSTS["area"] == "area_mm2"
+    assert hs.fmt_num("energy", 2.5e6) == "2.5 uJ" and hs.fmt_num("latency", 85.0) == "85 us"
+
+
 def test_better_and_cheaper_wins_over_a_higher_ratio():
     base = {"objective": 1.0, "cost": 100.0}
     steep = cand("steep", 0.5, 101.0)     # improvement 0.5 per 1 unit: ratio 0.5

@@ -74,6 +74,21 @@ def test_cost_arithmetic():
     assert set(summary) == {f"{c}_per_token" for c in COUNTS if c != "params"} | {"cost_params"}
 
 
+def test_formats_are_tagged_summed_and_scaled_with_the_counts():
+    c = Cost(params=10, macs=100, exp=4).at("int4*int8", "macs").at("int4", "weights", amount=8)
+    assert c.weights == 10  # every parameter is read, unless a component says otherwise
+    assert c.formats("macs") == {"int4*int8": 100} and c.formats("weights") == {"int4": 8, None: 2}
+    assert c.formats("exp") == {None: 4}  # untagged: the estimator's default format
+    s = c + Cost(macs=50).at("bf16", "macs") + Cost(macs=25)
+    assert s.macs == 175 and s.formats("macs") == {"int4*int8": 100, "bf16": 50, None: 25}
+    assert s.at("fp32").formats("macs") == {"int4*int8": 100, "bf16": 50, "fp32": 25}  # inner tags win
+    assert s.repeat(0.5).formats("macs") == {"int4*int8": 50, "bf16": 25, None: 12.5}
+    with pytest.raises(ValueError, match="to tag but only"):
+        Cost(params=4).at("int8", "weights", amount=5)
+    with pytest.raises(ValueError, match="priced counts"):
+        Cost().at("int8", "params")
+
+
 def test_run_summary_holds_the_cost(char_data, tmp_path, capsys):
     out = tmp_path / "run"
     s = train.main(["--preset", "debug", "--dataset", str(char_data), "--device", "cpu", "--out_dir", str(out),
@@ -85,6 +100,27 @@ def test_run_summary_holds_the_cost(char_data, tmp_path, capsys):
     for key, value in expect.items():
         assert s[key] == pytest.approx(value)
     assert json.loads((out / "cost.json").read_text())["context"] == model.config.block_size
+    # the PPA estimate on the default target, printed and in summary.json (ppa/estimate.py)
+    assert "decode: energy per token" in printed and "datapath area on edge_int8" in printed
+    assert s["ppa_target"] == "edge_int8" and s["ppa_format"] == "int8"
+    assert s["energy_pj_per_token_decode"] > s["memory_energy_pj_per_token_decode"] > 0
+    assert s["latency_us_per_token_decode"] > 0 and s["area_mm2"] > 0
+    ppa = json.loads((out / "cost.json").read_text())["ppa"]
+    assert ppa["summary"]["energy_pj_per_token_decode"] == pytest.approx(s["energy_pj_per_token_decode"])
+
+
+def test_a_bad_ppa_target_fails_before_anything_is_written(char_data, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="unknown target 'h100'; did you mean 'h100_sxm'"):
+        train.main(["--preset", "debug", "--dataset", str(char_data), "--device", "cpu", "--out_dir", str(out),
+                    "--max_iters", "1", "--ppa_target", "h100"])
+    with pytest.raises(UserError, match="edge_int8.*fp32"):  # an int8 accelerator has no fp32 MACs
+        train.main(["--preset", "debug", "--dataset", str(char_data), "--device", "cpu", "--out_dir", str(out),
+                    "--max_iters", "1", "--ppa_format", "fp32"])
+    assert not out.exists()
+    s = train.main(["--preset", "debug", "--dataset", str(char_data), "--device", "cpu", "--out_dir", str(out),
+                    "--max_iters", "1", "--ppa_target", "h100_sxm"])
+    assert s["ppa_target"] == "h100_sxm" and s["ppa_format"] == "fp32" and s["area_mm2"] is None
 
 
 def test_cost_report_script(char_data, tmp_path, capsys):
@@ -99,6 +135,11 @@ def test_cost_report_script(char_data, tmp_path, capsys):
     assert json.loads((tmp_path / "c.json").read_text())["total"] == result["total"]
     per_layer = cost_report.main(["--out_dir", str(out), "--per_layer"])
     assert "layer.1.attention" in per_layer["rows"]
+    # the PPA estimate: the run's target by default, any target and format by flag
+    assert result["ppa"]["target"] == "edge_int8" and result["ppa"]["context"] == 16
+    h100 = cost_report.main(["--out_dir", str(out), "--target", "h100_sxm", "--format", "bf16", "--batch", "4"])
+    assert h100["ppa"]["target"] == "h100_sxm" and h100["ppa"]["format"] == "bf16" and h100["ppa"]["batch"] == 4
+    assert cost_report.main(["--list"])["targets"] == ["a100_sxm", "cpu_dev", "edge_int8", "h100_sxm"]
     cfg = tmp_path / "m.yaml"
     cfg.write_text("n_layer: 2\nn_head: 2\nn_embd: 64\nblock_size: 32\n")
     from_config = cost_report.main(["--config", str(cfg), "--vocab_size", "100"])

@@ -244,20 +244,39 @@ def test_softermax_handles_leading_fully_masked_slices_and_very_negative_scores(
 
 
 @pytest.mark.parametrize("name", SOFTMAXES)
-def test_cost_scales_with_rows_times_row_length(name):
+def test_cost_is_per_row_plus_per_element(name):
+    """Counts add over rows, and within a row are affine in its length: per element, plus per row
+    (a row sum's one reciprocal, softermax's per-slice terms at a multiple of its slice size)."""
     sm = create("softmax", name, tiny_config())
-    base = sm.cost(3, 64).to_dict()
-    for rows, length, factor in ((6, 64, 2), (3, 128, 2), (12, 256, 16)):
-        c = sm.cost(rows, length).to_dict()
-        assert c["params"] == base["params"] == sum(p.numel() for p in sm.parameters())
-        for key, value in base.items():
-            if key != "params":
-                assert c[key] == pytest.approx(factor * value), (key, rows, length)
+    base = sm.cost(3, 64).counts()
+    for key, value in sm.cost(6, 64).counts().items():
+        if key not in ("params", "weights"):
+            assert value == pytest.approx(2 * base[key]), key
+    c1, c2, c3 = (sm.cost(3, n).counts() for n in (64, 128, 192))
+    for key in base:
+        assert c2[key] - c1[key] == pytest.approx(c3[key] - c2[key]), key
+    params = sum(p.numel() for p in sm.parameters())
+    assert base["params"] == base["weights"] == params
     assert base["act_mem"] == 3 * 64 and base["macs"] == 0
     if name in NORMALISING:
-        assert base["reduce"] >= 2 * 3 * 64 and base["exp"] >= 3 * 64  # a row max and a row sum
+        assert base["reduce"] >= 2 * 3 * 64 and base["exp"] + base["exp2"] >= 3 * 64  # a row max and a row sum
+        # the division by the row sum is one reciprocal per row (then multiplies), not one per element
+        per_element_div = (c2["div"] - c1["div"]) / 64
+        assert c1["div"] - 64 * per_element_div == 3
     else:
         assert base["reduce"] == 0  # elementwise: no reductions across the row
+        # a division by a constant divisor (or gamma) is a multiply by its reciprocal
+        if name != "sigmoidmax":
+            assert base["div"] == 0
+
+
+def test_softermax_is_base_two_and_consmax_has_no_max_nor_division():
+    soft, softer = create("softmax", "softmax", tiny_config()), create("softmax", "softermax", tiny_config())
+    cons = create("softmax", "consmax", tiny_config())
+    assert softer.cost(3, 64).exp == 0 and softer.cost(3, 64).exp2 >= 3 * 64
+    assert soft.cost(3, 64).exp2 == 0 and soft.cost(3, 64).div == 3  # one reciprocal per row
+    c = cons.cost(3, 64)
+    assert c.div == c.cmp == c.reduce == 0 and c.exp == 3 * 64
 
 
 @pytest.mark.parametrize("name", SOFTMAXES)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import variations  # noqa: F401  (fills the registry: variant names and knobs)
 from errors import UserError, unknown_name_message
+from variations.act_quant import GRANULARITIES, SCHEMES, SITES, check_site_bits
 from variations.kernels import KERNEL_CHOICES
 from variations.registry import all_knobs, get, normalize
 
@@ -55,6 +56,11 @@ def check_value(name: str, value, typ: type, meta, where: str = "", flag: bool =
     label = f"--{name}" if flag else f"setting '{name}'"
     if value is None:
         return None
+    if meta.get("site_bits"):  # --act_bits_<site>: one width or one per layer
+        try:
+            return check_site_bits(name, value)
+        except UserError as e:
+            raise UserError(f"{at}{e}") from None
     if typ in (int, float) and isinstance(value, str):
         try:
             value = typ(value)
@@ -178,6 +184,13 @@ class _CoreConfig:
                              "kernels), torch (reference), auto (triton on CUDA when importable)",
                              choices=KERNEL_CHOICES)
 
+    # --- activation quantisation (variations/act_quant.py): the --act_bits_<site> fields follow the knobs ---
+    act_quant_scheme: str = _f("symmetric", "grid of the activation sites: symmetric (absmax) or affine (min/max "
+                               "and a zero point)", choices=SCHEMES)
+    act_quant_granularity: str = _f("per_token", "range of the activation sites: per_token (each token its own, "
+                                    "dynamic, causal) or per_tensor (one static range per site and layer: a moving "
+                                    "average in training, calibrated by analysis/ptq.py)", choices=GRANULARITIES)
+
     # --- per-layer lists, cycled over the layers; None: every layer uses the field without _layerlist ---
     attention_variant_layerlist: list = _f(None, "attention per layer, cycled", registry="attention", layerlist_of="attention_variant")
     mlp_variant_layerlist: list = _f(None, "feed-forward block per layer, cycled", registry="mlp", layerlist_of="mlp_variant")
@@ -214,7 +227,8 @@ class _CoreConfig:
         return self.n_embd // self.n_head
 
     def for_layer(self, i: int) -> "GPTConfig":
-        """The config of layer i: each *_layerlist picks its entry i (cycling) for its field."""
+        """The config of layer i: each *_layerlist picks its entry i (cycling) for its field, and each
+        --act_bits_<site> list its entry i."""
         changes = {}
         for f in fields(self):
             target = f.metadata.get("layerlist_of")
@@ -222,7 +236,16 @@ class _CoreConfig:
             if target and value:
                 changes[target] = value[i % len(value)]
                 changes[f.name] = None
+            if f.metadata.get("site_bits") and value and len(value) > 1:
+                changes[f.name] = [value[i % len(value)]]
         return dataclasses.replace(self, **changes) if changes else self
+
+    def act_bits(self, site: str) -> int:
+        """Bits of an activation site in this layer's config (for_layer), 0 = full precision."""
+        value = getattr(self, f"act_bits_{site}")
+        if value and len(value) > 1:
+            raise ValueError(f"act_bits('{site}') on a model-wide config with a per-layer list; use for_layer(i)")
+        return value[0] if value else 0
 
     def linear_for(self, site: str) -> str:
         """The linear variant of a projection site (one of LINEAR_SITES)."""
@@ -250,8 +273,16 @@ def _knob_field(k):
     return (k.name, k.value_type, field(default=k.default, metadata=meta))
 
 
+def _site_field(site: str, where: str):
+    return (f"act_bits_{site}", list, field(default=None, metadata={
+        "help": f"activation quantisation bits of {where}: one width, or one per layer (cycled), 0 = full "
+                "precision in that layer (variations/act_quant.py)", "site_bits": True}))
+
+
 # GPTConfig = the core fields above + one field per knob declared in variations/ (after the core ones)
-GPTConfig = dataclasses.make_dataclass("GPTConfig", [_knob_field(k) for k in all_knobs()], bases=(_CoreConfig,))
+# + one --act_bits_<site> field per activation site (variations/act_quant.SITES)
+GPTConfig = dataclasses.make_dataclass("GPTConfig", [_knob_field(k) for k in all_knobs()]
+                                       + [_site_field(s, w) for s, w in SITES.items()], bases=(_CoreConfig,))
 GPTConfig.__module__ = __name__
 GPTConfig.__doc__ = "A model: size, component names, block structure, per-layer lists and variant knobs."
 

@@ -21,7 +21,8 @@ from torch.utils.checkpoint import checkpoint
 from generation import Engine
 from gpt_conf import GPTConfig
 from variations.attention import KVCache
-from variations.cost import Cost, total
+from variations.act_quant import ActSites
+from variations.cost import DEFAULT, Cost, total
 from variations.registry import create
 
 
@@ -39,6 +40,8 @@ class Block(nn.Module):
         # peri-LN also normalises each sub-layer's output before it joins the residual stream
         self.ln_1_out = create("norm", config.norm_variant, config) if self.placement_attn == "peri" else None
         self.ln_2_out = create("norm", config.norm_variant, config) if self.placement_mlp == "peri" else None
+        # activation quantisation at the sub-layers' inputs and on the residual stream (variations/act_quant.py)
+        self.aq = ActSites(config, ("attn_input", "mlp_input", "residual"))
 
     @staticmethod
     def _residual(x, f, norm, norm_out, placement: str) -> torch.Tensor:
@@ -49,13 +52,20 @@ class Block(nn.Module):
         return x + norm_out(f(norm(x)))  # peri
 
     def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
-        x = self._residual(x, lambda h: self.attn(h, position, cache), self.ln_1, self.ln_1_out, self.placement_attn)
-        return self._residual(x, self.mlp, self.ln_2, self.ln_2_out, self.placement_mlp)
+        x = self._residual(x, lambda h: self.attn(self.aq("attn_input", h), position, cache), self.ln_1,
+                           self.ln_1_out, self.placement_attn)
+        x = self.aq("residual", x)
+        x = self._residual(x, lambda h: self.mlp(self.aq("mlp_input", h)), self.ln_2, self.ln_2_out,
+                           self.placement_mlp)
+        return self.aq("residual", x)
 
     def cost(self, T: int) -> dict[str, Cost]:
         norms = [n for n in (self.ln_1, self.ln_2, self.ln_1_out, self.ln_2_out) if n is not None]
+        C = self.n_embd
+        quantisers = self.aq.cost({"attn_input": C, "mlp_input": C, "residual": 2 * C})
+        residual = Cost(elementwise=2 * C).at(self.aq.fmt("residual", DEFAULT), "elementwise")
         return {"attention": self.attn.cost(T), "mlp": self.mlp.cost(T),
-                "norms": total(n.cost(T) for n in norms), "residual": Cost(elementwise=2 * self.n_embd)}
+                "norms": total(n.cost(T) for n in norms), "residual": residual + quantisers}
 
 
 class GPT(nn.Module):

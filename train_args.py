@@ -143,13 +143,14 @@ class Setting:
     name: str
     owner: str          # "model" | "train"
     default: object
-    type: type          # bool, int, float, str or list (a per-layer list of registry names)
+    type: type          # bool, int, float, str or list (a per-layer list of registry names or of bit widths)
     help: str
     group: str          # the --help group
     registry: str | None = None           # the registry kind whose names the value takes
     fixed_choices: tuple | None = None    # or a fixed set of values
     layerlist_of: str | None = None       # the field a per-layer list overrides
     bounds: tuple = ()                    # (key, number) pairs of the declared range (gpt_conf.BOUNDS)
+    site_bits: bool = False               # an --act_bits_<site>: bit widths, one or per layer
 
     @property
     def choices(self) -> list | None:
@@ -163,7 +164,8 @@ class Setting:
         Numbers written as strings (YAML reads 1e-3 as a string) are parsed as a flag would be; a
         per-layer list may be given as one space-separated string; registry names are normalised
         and must be registered (the closest one is named otherwise)."""
-        meta = {"registry": self.registry, "choices": self.fixed_choices, **dict(self.bounds)}
+        meta = {"registry": self.registry, "choices": self.fixed_choices, "site_bits": self.site_bits or None,
+                **dict(self.bounds)}
         return check_value(self.name, value, self.type, {k: v for k, v in meta.items() if v is not None}, where,
                            flag)
 
@@ -182,7 +184,7 @@ def _schema() -> dict[str, Setting]:
                 type=base_type(hints[f.name]), help=meta.get("help", ""),
                 group="model" if owner == "model" else meta["group"], registry=meta.get("registry"),
                 fixed_choices=tuple(meta["choices"]) if "choices" in meta else None,
-                layerlist_of=meta.get("layerlist_of"),
+                layerlist_of=meta.get("layerlist_of"), site_bits=bool(meta.get("site_bits")),
                 bounds=tuple((k, meta[k]) for k in BOUNDS if meta.get(k) is not None))
     return specs
 
@@ -291,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs = dict(help=help_text, default=argparse.SUPPRESS)  # SUPPRESS: only typed flags appear
         if spec.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif spec.type is list and spec.registry is None:  # bit widths, one or per layer: --act_bits_scores 8 4
+            kwargs.update(nargs="+", type=int, metavar="BITS")
         elif spec.type is list:  # a per-layer list of registry names: --attention_variant_layerlist causal linear
             kwargs.update(nargs="+", type=_flag_type(Setting(**{**spec.__dict__, "type": str})), metavar="NAME")
         else:

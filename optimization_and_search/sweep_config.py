@@ -102,7 +102,10 @@ def range_values(spec, where: str = "") -> list:
 def values_of(key: str, raw, where: str = "") -> list:
     """The checked list of values a sweep entry `key: raw` stands for."""
     check_key(key, where)
-    is_list_setting = key not in train_args.LAUNCH_ARGS and train_args.setting(key).type is list
+    spec = None if key in train_args.LAUNCH_ARGS else train_args.setting(key)
+    # a list of registry names is one value; bit widths (--act_bits_<site>) sweep like numbers, and a
+    # list of lists gives several per-layer values
+    is_list_setting = spec is not None and spec.type is list and not spec.site_bits
     if isinstance(raw, dict):
         if set(raw) == {"range"}:
             return [train_args.check_launch_arg(key, v, where) for v in range_values(raw["range"], f"{where}.range")]
@@ -110,6 +113,8 @@ def values_of(key: str, raw, where: str = "") -> list:
                         f"got a mapping with {', '.join(map(str, raw))}")
     if not isinstance(raw, list):
         return [train_args.check_launch_arg(key, raw, where)]
+    if spec is not None and spec.site_bits and raw and all(isinstance(v, list) for v in raw):
+        return [train_args.check_launch_arg(key, v, where) for v in raw]
     if is_list_setting:  # a list of names is one value; a list of lists is several
         if all(isinstance(v, list) for v in raw):
             return [train_args.check_launch_arg(key, v, where) for v in raw]

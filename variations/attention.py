@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from errors import UserError
 from variations import kernels
-from variations.cost import Cost
+from variations.act_quant import INSIDE_ATTENTION, ActSites
+from variations.cost import DEFAULT, Cost, mac_format
 from variations.norm import NORM_EPS  # the epsilon of --qk_norm
 from variations.registry import create, get, knob, register
 
@@ -121,6 +122,7 @@ class Attention(nn.Module):
     use_sdpa: bool = False
     fusable: bool = False
     uses_softmax_kernel: bool = False
+    quantised_inside: list = []  # activation sites set between q.k and the weighted sum (no fused kernel)
 
     def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -155,12 +157,23 @@ class CausalSelfAttention(Attention):
         self.q_norm = HeadRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = HeadRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.softmax = create("softmax", config.softmax_variant_attn, config)
-        self.use_sdpa = self.softmax.sdpa_compatible and self.softcap is None
+        # activation quantisation (variations/act_quant.py); attn_input is the block's, read for cost()
+        self.aq = ActSites(config, ("q", "k", "v", "scores", *self.softmax.SITES, "probs", "attn_output"))
+        unsupported = [s for s in ("exp_input", "numerator", "denominator") if config.act_bits(s)
+                       and s not in self.softmax.SITES]
+        if unsupported:
+            raise UserError(f"--act_bits_{unsupported[0]}: the normaliser '{config.softmax_variant_attn}' has no "
+                            f"{unsupported[0]} (its sites: {', '.join(self.softmax.SITES) or 'none'}); unset it, or "
+                            "give 0 for this layer in a per-layer list")
+        self.softmax.sites = {s: self.aq.quant[s] for s in self.aq.active(self.softmax.SITES)}
+        self.input_bits = config.act_bits("attn_input")
+        self.quantised_inside = self.aq.active(INSIDE_ATTENTION)
+        self.use_sdpa = self.softmax.sdpa_compatible and self.softcap is None and not self.quantised_inside
         self.uses_softmax_kernel = not self.use_sdpa
         # --softmax_kernel: Triton kernels for the explicit path; elementwise normalisers without a
         # soft-cap can skip the score matrix altogether (fused attention, variations/triton_attention.py)
         self.kernel = config.softmax_kernel
-        self.fusable = self.softmax.elementwise and self.softcap is None
+        self.fusable = self.softmax.elementwise and self.softcap is None and not self.quantised_inside
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -173,6 +186,7 @@ class CausalSelfAttention(Attention):
             q, k = self.q_norm(q), self.k_norm(k)
         start = cache.length if cache is not None else 0
         q, k = position.rotate(q, k, start)
+        q, k, v = self.aq("q", q), self.aq("k", k), self.aq("v", v)  # per token: the cache holds these
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nkv, start + T, hs)
         t_k = k.size(2)
@@ -200,13 +214,15 @@ class CausalSelfAttention(Attention):
                 scores = (self.softcap * torch.tanh(scores.float() / self.softcap)).to(scores.dtype)
             if bias is not None:
                 scores = scores + bias.to(scores.dtype)
-            if kernels.use_triton(self.kernel, x.device):  # mask built inside the kernel
+            if kernels.use_triton(self.kernel, x.device) and not self.quantised_inside:  # mask built inside
                 att = kernels.fused_rows(self.softmax, scores, self.window)
             else:
-                att = self.softmax(scores, causal_mask(T, t_k, x.device, self.window))
+                keep = causal_mask(T, t_k, x.device, self.window)
+                att = self.softmax(self.aq("scores", scores, keep), keep)
+                att = self.aq("probs", att, keep)
             y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(self.aq("attn_output", y)))
 
     def cost(self, T: int) -> Cost:
         """Per token at context T: projections, n_head rows of scores, the normaliser, the weighted
@@ -218,15 +234,30 @@ class CausalSelfAttention(Attention):
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         n_keys = T if self.window is None else min(T, self.window)
         n = nh * n_keys  # scores per token
-        attn = Cost(macs=2 * n * hs, elementwise=n, act_mem=(0 if self.use_sdpa else 2 * n) + 3 * nh * hs,
-                    kv_read=2 * nkv * hs * n_keys, kv_write=2 * nkv * hs)
+        f = {s: self.aq.fmt(s, DEFAULT) for s in ("q", "k", "v", "scores", "probs", "attn_output", "numerator",
+                                                    "exp_input", "denominator")}
+        # q.k in the formats of k and q, probs @ v in those of v and the weights; the cache holds k and v
+        attn = (Cost(macs=n * hs, elementwise=n, act_mem=(0 if self.use_sdpa else 2 * n) + 3 * nh * hs)
+                .at(mac_format(f["k"], f["q"]), "macs").at(f["scores"], "elementwise")
+                + Cost(macs=n * hs).at(mac_format(f["v"], f["probs"]), "macs")
+                + Cost(kv_read=nkv * hs * n_keys, kv_write=nkv * hs).at(f["k"])
+                + Cost(kv_read=nkv * hs * n_keys, kv_write=nkv * hs).at(f["v"]))
         if self.q_norm is not None:  # per head vector: square, scale, weight; one row sum and rsqrt
             heads = nh + nkv
             attn = attn + Cost(params=2 * hs, elementwise=3 * hs * heads, reduce=hs * heads, sqrt=heads,
                                div=heads, act_mem=hs * heads)
         if self.softcap is not None:  # divide (as a multiply by 1/cap), tanh, multiply
             attn = attn + Cost(elementwise=2 * n, exp=n, act_mem=n)
-        return self.c_attn.cost(T) + attn + self.softmax.cost(nh, n_keys) + self.c_proj.cost(T)
+        # the normaliser: compares and elementwise work in the scores' format, exponentials in the
+        # numerators' (else the exponent input's), row sums and reciprocals in the denominator's
+        exp_fmt = f["numerator"] if f["numerator"] != DEFAULT else f["exp_input"]
+        norm = (self.softmax.cost(nh, n_keys).at(exp_fmt, "exp", "exp2").at(f["denominator"], "reduce", "div")
+                .at(f["scores"], "cmp", "elementwise"))
+        in_fmt = f"int{self.input_bits}" if self.input_bits else DEFAULT
+        quantisers = self.aq.cost({"q": nh * hs, "k": nkv * hs, "v": nkv * hs, "scores": n, "exp_input": n,
+                                    "numerator": n, "denominator": nh, "probs": n, "attn_output": nh * hs})
+        return (self.c_attn.cost(T).with_activation(in_fmt) + attn + norm + quantisers
+                + self.c_proj.cost(T).with_activation(f["attn_output"]))
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -254,6 +285,12 @@ class LinearAttention(Attention):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.c_attn, self.c_proj = _qkv_projections(config)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.aq = ActSites(config, ("q", "k", "v", "attn_output"))  # no scores, weights or normaliser
+        inside = [s for s in INSIDE_ATTENTION if config.act_bits(s)]
+        if inside:
+            raise UserError(f"--act_bits_{inside[0]}: linear attention has no score matrix or normaliser (its "
+                            "sites: q, k, v, attn_output); unset it, or give 0 for this layer in a per-layer list")
+        self.input_bits = config.act_bits("attn_input")
         # cost() only: whether the position encoding adds a score bias (the quadratic path)
         self.biased = get("position", config.position_variant).has_score_bias
 
@@ -262,6 +299,7 @@ class LinearAttention(Attention):
         q, k, v = _split_heads(self, x)  # (B, nh, T, hs), (B, nkv, T, hs) x 2
         start = cache.length if cache is not None else 0
         q, k = position.rotate(q, k, start)
+        q, k, v = self.aq("q", q), self.aq("k", k), self.aq("v", v)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nkv, start + T, hs)
         bias = position.score_bias(T, k.size(2), x.device)  # (nh, T, t_k) or None
@@ -269,7 +307,7 @@ class LinearAttention(Attention):
             fq, fk, fv = elu_feature_map(q.float()), elu_feature_map(k.float()), v.float()
             y = self._running_sums(fq, fk, fv) if bias is None else self._biased(fq, fk, fv, bias.float())
         y = y.to(q.dtype).transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(self.aq("attn_output", y)))
 
     def _running_sums(self, fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """fq (B, nh, T, hs) for the last T of the t_k positions in fk, v (B, nkv, t_k, hs)."""
@@ -315,7 +353,10 @@ class LinearAttention(Attention):
             state = nkv * (hs * hs + hs)
             attn = Cost(macs=nh * (hs * hs + hs), elementwise=nkv * (2 * hs * hs + hs), div=nh * hs,
                         act_mem=nkv * (hs * hs + hs) + nh * hs, kv_read=state, kv_write=state)
-        return self.c_attn.cost(T) + phi + attn + self.c_proj.cost(T)
+        in_fmt = f"int{self.input_bits}" if self.input_bits else DEFAULT
+        quantisers = self.aq.cost({"q": nh * hs, "k": nkv * hs, "v": nkv * hs, "attn_output": nh * hs})
+        return (self.c_attn.cost(T).with_activation(in_fmt) + phi + attn + quantisers
+                + self.c_proj.cost(T).with_activation(self.aq.fmt("attn_output", DEFAULT)))
 
 
 @register("attention", "identity")

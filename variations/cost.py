@@ -86,6 +86,8 @@ class Cost:
                              "exactly one when an amount is given")
         out = Cost(**{c: getattr(self, c) for c in COUNTS},
                    fmt={c: dict(d) for c, d in self.fmt.items()})
+        if fmt == DEFAULT:  # the default format is what untagged means already
+            return out
         for c in counts or PRICED:
             untagged = self.formats(c).get(None, 0)
             take = untagged if amount is None else amount
@@ -94,6 +96,18 @@ class Cost:
             if take:
                 out.fmt.setdefault(c, {})
                 out.fmt[c][fmt] = out.fmt[c].get(fmt, 0) + take
+        return out
+
+    def with_activation(self, fmt: str) -> "Cost":
+        """A copy whose MACs take their activation operand in `fmt` (a quantised input site): untagged
+        MACs become "default*fmt" and "W*default" tags "W*fmt"; MACs with a stated activation keep it."""
+        out = self.at(mac_format(DEFAULT, fmt), "macs")  # a copy; untagged MACs tagged
+        if fmt != DEFAULT and "macs" in out.fmt:
+            renamed: dict = {}
+            for tag, amount in out.fmt["macs"].items():
+                key = f"{tag.partition('*')[0]}*{fmt}" if tag.endswith(f"*{DEFAULT}") else tag
+                renamed[key] = renamed.get(key, 0) + amount
+            out.fmt["macs"] = renamed
         return out
 
     def formats(self, count: str) -> dict:

@@ -79,7 +79,10 @@ def describe(model, device: torch.device) -> str | None:
         return f"softmax kernel: torch reference ({reason})"
     paths = {}
     for i, attn in layers:
-        path = "fused attention" if attn.fusable else "fused rows"
+        if attn.quantised_inside:  # the kernels do not round at the activation sites: the torch path does
+            path = f"torch, quantised at {'/'.join(attn.quantised_inside)}"
+        else:
+            path = "fused attention" if attn.fusable else "fused rows"
         paths.setdefault(f"{path} ({attn.softmax.registry_name})", []).append(str(i))
     detail = "; ".join(f"{p}: layers {','.join(ls)}" for p, ls in paths.items())
     return f"softmax kernel: triton ({reason}); {detail}"

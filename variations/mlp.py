@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from variations.cost import Cost
+from variations.act_quant import ActSites
+from variations.cost import DEFAULT, Cost
 from variations.registry import create, register
 
 
@@ -25,12 +26,17 @@ class MLP(nn.Module):
         self.c_proj = create("linear", config.linear_for("mlp_down"), config, config.mlp_hidden_size, config.n_embd,
                              config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.aq = ActSites(config, ("mlp_hidden",))  # activation quantisation (variations/act_quant.py)
+        self.input_bits = config.act_bits("mlp_input")  # the block's site, read for cost()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.aq("mlp_hidden", self.act(self.c_fc(x)))))
 
     def cost(self, T: int = 1) -> Cost:
-        return self.c_fc.cost(T) + self.act.cost(self.c_fc.out_features) + self.c_proj.cost(T)
+        hidden = self.c_proj.in_features
+        return (self.c_fc.cost(T).with_activation(f"int{self.input_bits}" if self.input_bits else DEFAULT)
+                + self.act.cost(self.c_fc.out_features) + self.aq.cost({"mlp_hidden": hidden})
+                + self.c_proj.cost(T).with_activation(self.aq.fmt("mlp_hidden", DEFAULT)))
 
 
 class _GLU(nn.Module):
@@ -51,16 +57,20 @@ class _GLU(nn.Module):
                              config.bias)
         self.act = create("activation", self.GATE, config)  # fixed: this is what names the variant
         self.dropout = nn.Dropout(config.dropout)
+        self.aq = ActSites(config, ("mlp_hidden",))  # activation quantisation (variations/act_quant.py)
+        self.input_bits = config.act_bits("mlp_input")  # the block's site, read for cost()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
-        return self.dropout(self.c_proj(self.act(gate) * up))
+        return self.dropout(self.c_proj(self.aq("mlp_hidden", self.act(gate) * up)))
 
     def cost(self, T: int = 1) -> Cost:
         hidden = self.c_proj.in_features
         # up-projection (both halves), gate activation, the gate * up multiply (keeps up), down-projection
-        return (self.c_fc.cost(T) + self.act.cost(hidden) + Cost(elementwise=hidden, act_mem=hidden)
-                + self.c_proj.cost(T))
+        return (self.c_fc.cost(T).with_activation(f"int{self.input_bits}" if self.input_bits else DEFAULT)
+                + self.act.cost(hidden) + Cost(elementwise=hidden, act_mem=hidden)
+                + self.aq.cost({"mlp_hidden": hidden})
+                + self.c_proj.cost(T).with_activation(self.aq.fmt("mlp_hidden", DEFAULT)))
 
 
 @register("mlp", "swiglu")

@@ -96,12 +96,22 @@ def _finish(y: torch.Tensor, keep: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return y.to(dtype)
 
 
-def _masked_softmax(z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """exp(z - max) / sum over the kept positions of the last axis; rows with none kept are 0."""
+def _masked_softmax(z: torch.Tensor, keep: torch.Tensor, quant=None, exp=torch.exp) -> torch.Tensor:
+    """exp(z - max) / sum over the kept positions of the last axis; rows with none kept are 0.
+
+    With `quant` (a normaliser's Normalizer.q, some of its sites set), the steps run one by one and
+    the exponent input z - max, the numerators and the row sum pass their activation sites;
+    `exp` is the exponential of the base (torch.exp2 for softermax)."""
     empty = ~keep.any(dim=-1, keepdim=True)
     big = torch.finfo(z.dtype).max  # scaled huge scores may round to +-inf: keep them finite
     z = z.clamp(-big, big).masked_fill(~keep, float("-inf")).masked_fill(empty, 0.0)  # no all -inf row: no NaN
-    return torch.softmax(z, dim=-1)  # _finish zeroes the dropped positions and the empty rows
+    if quant is None:
+        return torch.softmax(z, dim=-1)  # _finish zeroes the dropped positions and the empty rows
+    shift = z.detach().amax(dim=-1, keepdim=True)  # a constant shift of the formula (finite: no empty row)
+    e = exp(quant("exp_input", (z - shift).masked_fill(~keep, 0.0), keep)).masked_fill(~keep, 0.0)
+    e = quant("numerator", e, keep)
+    total = quant("denominator", e.sum(dim=-1, keepdim=True))
+    return e / torch.where(total > 0, total, 1.0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -140,9 +150,21 @@ class Normalizer(nn.Module):
 
     sdpa_compatible: bool = False
     elementwise: bool = False
+    SITES: tuple = ()  # activation sites inside this normaliser (variations/act_quant.NORMALISER_SITES)
+    sites: dict = {}  # site -> its SiteQuant, set by the attention that owns them (the set ones only)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def q(self, site: str, t: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """t through activation site `site` when it is set, else t itself."""
+        quant = self.sites.get(site)
+        return t if quant is None else quant(t, keep)
+
+    @property
+    def quant(self):
+        """self.q when a site inside is set (the step-by-step path), else None."""
+        return self.q if self.sites else None
 
     def kernel_spec(self, x: torch.Tensor) -> tuple[str, torch.Tensor]:
         """(Triton score transform, its (G, 4) fp32 scalars): variations/triton_softmax.py."""
@@ -160,13 +182,14 @@ class Softmax(Normalizer):
 
     sdpa_compatible = True
     elementwise = False
+    SITES = ("exp_input", "numerator", "denominator")
 
     def __init__(self, config):
         super().__init__()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
-        return _finish(_masked_softmax(s, keep), keep, x.dtype)
+        return _finish(_masked_softmax(s, keep, self.quant), keep, x.dtype)
 
     def kernel_spec(self, x):
         return "scaled_softmax", _spec(x, 1.0)
@@ -185,6 +208,8 @@ class Strongermax(Normalizer):
     so the two train identically: choose another --strongermax_base to study the base itself.
     """
 
+    SITES = ("exp_input", "numerator", "denominator")
+
     def __init__(self, config):
         super().__init__()
         self.base = float(config.strongermax_base)
@@ -193,7 +218,7 @@ class Strongermax(Normalizer):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
-        return _finish(_masked_softmax(s * math.log(self.base), keep), keep, x.dtype)
+        return _finish(_masked_softmax(s * math.log(self.base), keep, self.quant), keep, x.dtype)
 
     def kernel_spec(self, x):
         return "scaled_softmax", _spec(x, math.log(self.base))
@@ -215,6 +240,7 @@ class Softermax(Normalizer):
     those of the base-2 softmax.
     """
 
+    SITES = ("exp_input", "numerator", "denominator")
 
     def __init__(self, config):
         super().__init__()
@@ -222,6 +248,8 @@ class Softermax(Normalizer):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
+        if self.sites:  # quantised inside: the same function, 2^(x - max) / sum, step by step at the final max
+            return _finish(_masked_softmax(s, keep, self.q, exp=torch.exp2), keep, x.dtype)
         z = s.masked_fill(~keep, float("-inf"))              # (..., T_k); dropped keys give 2^-inf = 0
         running_max = z.new_full((*z.shape[:-1], 1), float("-inf"))  # (..., 1), no key seen yet
         total = z.new_zeros((*z.shape[:-1], 1))               # running sum of 2^(x - running_max)
@@ -265,13 +293,14 @@ class SigSoftmax(Normalizer):
     scores do not make exp(x) and sigmoid(x) underflow separately before their product).
     """
 
+    SITES = ("exp_input", "numerator", "denominator")
 
     def __init__(self, config):
         super().__init__()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
-        return _finish(_masked_softmax(s + F.logsigmoid(s), keep), keep, x.dtype)
+        return _finish(_masked_softmax(s + F.logsigmoid(s), keep, self.quant), keep, x.dtype)
 
     def kernel_spec(self, x):
         return "sigsoftmax", _spec(x)
@@ -294,6 +323,7 @@ class ConSmax(Normalizer):
     """
 
     elementwise = True  # weights need no row max or sum (fused attention applies)
+    SITES = ("exp_input", "numerator")  # no row sum
     MAX_EXPONENT = 80.0  # exp(88.7) overflows fp32; stay clear of it
 
     def __init__(self, config):
@@ -303,7 +333,8 @@ class ConSmax(Normalizer):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
-        y = torch.exp(torch.clamp(s - self.beta, max=self.MAX_EXPONENT)) / self.gamma
+        z = self.q("exp_input", torch.clamp(s - self.beta, max=self.MAX_EXPONENT), keep)
+        y = self.q("numerator", torch.exp(z), keep) / self.gamma
         return _finish(y, keep, x.dtype)
 
     def kernel_spec(self, x):
@@ -327,6 +358,7 @@ class ConSmaxV2(Normalizer):
     """
 
     elementwise = True  # weights need no row max or sum (fused attention applies)
+    SITES = ("exp_input", "numerator")  # no row sum
     MAX_EXPONENT = ConSmax.MAX_EXPONENT
 
     def __init__(self, config):
@@ -341,7 +373,8 @@ class ConSmaxV2(Normalizer):
             beta, gamma = self.beta.view(-1, 1, 1), self.gamma.view(-1, 1, 1)  # (n_head, 1, 1)
         else:
             beta, gamma = self.beta.mean(), self.gamma.mean()
-        y = torch.exp(torch.clamp(s - beta, max=self.MAX_EXPONENT)) / gamma
+        z = self.q("exp_input", torch.clamp(s - beta, max=self.MAX_EXPONENT), keep)
+        y = self.q("numerator", torch.exp(z), keep) / gamma
         return _finish(y, keep, x.dtype)
 
     def kernel_spec(self, x):
@@ -366,6 +399,7 @@ class SaturatingConSmax(Normalizer):
     """
 
     elementwise = True  # weights need no row max or sum (fused attention applies)
+    SITES = ("exp_input", "numerator")  # no row sum
 
     def __init__(self, config):
         super().__init__()
@@ -376,9 +410,9 @@ class SaturatingConSmax(Normalizer):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
         z = s - self.beta
-        z_sat = z.clamp(max=self.threshold)
+        z_sat = self.q("exp_input", z.clamp(max=self.threshold), keep)
         # z <= s: exp(z) * 1;  z > s: exp(s) * (1 + z - s)
-        y = torch.exp(z_sat) * (1.0 + (z - z_sat)) / self.gamma
+        y = self.q("numerator", torch.exp(z_sat) * (1.0 + (z - z_sat)), keep) / self.gamma
         return _finish(y, keep, x.dtype)
 
     def kernel_spec(self, x):

@@ -381,10 +381,10 @@ def run_study(args, space: SearchSpace, study_name: str, directions: list[str], 
     except (ImportError, ValueError) as e:  # a bad URL, a missing driver
         raise UserError(f"--storage {storage}: {e}") from None
     stored = study.user_attrs.get("objectives")
-    if stored is None:
-        study.set_user_attr("objectives", list(args.objectives))
+    if stored is None:  # "objectives" last: a worker starting meanwhile that sees it sees the rest too
         study.set_user_attr("directions", directions)
         study.set_user_attr("space", yaml.safe_dump(space.to_dict(), sort_keys=True))
+        study.set_user_attr("objectives", list(args.objectives))
     elif stored != list(args.objectives) or study.user_attrs.get("directions") != directions:
         raise UserError(f"study '{study_name}' in {storage} optimises {' '.join(stored)} "
                         f"({' '.join(study.user_attrs.get('directions', []))}); give the same --objectives "

@@ -22,7 +22,8 @@ Two phases, batch B, context T:
   reads its KV cache (what the counts' kv_read says: n_kv_head heads, a window's last W entries)
   and appends its new entry (kv_write).
 * prefill: B prompts of T tokens. Per token, the mean over positions t = 1..T of the decode counts
-  at context t (a causal kernel skips the masked half); weights are read once per batch (weight
+  at context t (a causal kernel skips the masked half; above 256 positions, over 256 evenly spaced
+  ones: `prefill_positions`); weights are read once per batch (weight
   bytes / (B T)); each token writes its cache entry, and the cached keys and values are re-read
   once per tile of `attention_query_tile` queries (FlashAttention-style tiling).
   Activations between layers are assumed to stay on chip in both phases.
@@ -40,6 +41,7 @@ target, fp32 on a CPU). The notes of an Estimate say which formats were assumed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from errors import UserError
@@ -53,6 +55,7 @@ DEFAULT_TECH = "horowitz45"
 # a large on-chip memory is banked: a read reaches one bank, taken as 1 MiB (the largest SRAM of
 # Horowitz's table), so a 50 MB GPU L2 is not priced as one 50 MB array
 SRAM_BANK_BYTES = 2 ** 20
+PREFILL_POSITIONS = 256  # positions averaged for the prefill counts (prefill_positions)
 PHASES = ("prefill", "decode")
 # summary.json keys (declared once here; run_dir.py lists them): phase figures per token, and area
 SUMMARY_KEYS = {
@@ -186,14 +189,25 @@ def resolve(tag, fmt: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- the counts
+def prefill_positions(T: int) -> list[int]:
+    """The positions whose counts prefill averages: all of 1..T up to PREFILL_POSITIONS of them, else
+    that many evenly spaced ones, the midpoints of equal slices of 1..T rounded down and up in turn
+    (their mean is (T + 1) / 2 when the slices are whole): exact for counts affine in the context, as
+    every attention's are below a window, and within the rounding of t otherwise."""
+    if T <= PREFILL_POSITIONS:
+        return list(range(1, T + 1))
+    mids = [(i + 0.5) * T / PREFILL_POSITIONS + 0.5 for i in range(PREFILL_POSITIONS)]
+    return [min(T, max(1, math.floor(m) if i % 2 == 0 else math.ceil(m))) for i, m in enumerate(mids)]
+
+
 def prefill_counts(model, T: int) -> dict[str, Cost]:
     """Per row, the mean over positions t = 1..T of the counts at context t (module docstring)."""
-    rows_T = model.cost(T)
-    sums = {k: Cost() for k in rows_T}
-    for t in range(1, T + 1):
+    positions = prefill_positions(T)
+    sums: dict[str, Cost] = {}
+    for t in positions:
         for k, c in model.cost(t).items():
-            sums[k] = sums[k] + c
-    return {k: c.repeat(1 / T) for k, c in sums.items()}
+            sums[k] = sums[k] + c if k in sums else c
+    return {k: c.repeat(1 / len(positions)) for k, c in sums.items()}
 
 
 def mac_rate_format(target: Target, tag: str, notes: set) -> str:

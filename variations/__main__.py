@@ -51,6 +51,17 @@ def docs_markdown() -> str:
                 out += ["| knob | default | meaning |", "| --- | --- | --- |"]
                 out += [f"| `--{k.name}` | `{k.default}` | {k.help.replace('|', '/')} |" for k in knobs]
                 out.append("")
+    from variations import act_quant
+    doc = inspect.cleandoc(act_quant.__doc__).split("\n\n", 1)[1]
+    out += ["## Activation quantisation sites", "",
+            "`--act_bits_<site> BITS` fake-quantises the tensor at a site (one width, or one per layer, cycled; "
+            f"0 = full precision; {act_quant.MIN_BITS}..{act_quant.MAX_BITS} bits), with `--act_quant_scheme` and "
+            "`--act_quant_granularity` for all of them. From variations/act_quant.py:", "", "```", doc, "```", "",
+            "| flag | site |", "| --- | --- |",
+            *(f"| `--act_bits_{s}` | {w} |" for s, w in act_quant.SITES.items()), "",
+            "The normaliser's own sites: " + "; ".join(
+                f"`{name}`: {', '.join(get('softmax', name).SITES) or 'none'}" for name, _ in describe("softmax")),
+            ""]
     return "\n".join(out).rstrip() + "\n"
 
 

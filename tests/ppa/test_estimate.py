@@ -236,3 +236,17 @@ def test_a_table_without_an_entry_the_configuration_needs_names_the_file_and_key
         estimate(model, target="h100_sxm", tech=str(path), fmt="bf16")
     assert "\n" not in str(e.value)
     assert estimate(model, target="h100_sxm", tech=str(path), fmt="int8").total("decode").energy_pj > 0
+
+
+def test_long_contexts_average_sampled_positions_exactly_for_affine_counts():
+    """Above 256 positions prefill samples them; attention counts are affine in t, so the mean is exact."""
+    model = meta_gpt(n_layer=1, n_head=2, n_embd=32, block_size=1024)
+    mean = prefill_counts(model, 1024)["layer.0.attention"]
+    exact = sum(model.cost(t)["layer.0.attention"].macs for t in range(1, 1025)) / 1024
+    assert mean.macs == pytest.approx(exact, rel=1e-12)
+    calls = []
+    big = meta_gpt(n_layer=2, n_head=2, n_embd=32, block_size=1_000_000)
+    counted = OneLayer(None, block_size=1_000_000)
+    counted.cost = lambda T: calls.append(T) or big.cost(T)
+    estimate(counted, target="h100_sxm")  # not a million evaluations of the counts
+    assert len(calls) == 1 + 256 and min(calls) >= 1 and max(calls) == 1_000_000

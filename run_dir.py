@@ -89,6 +89,10 @@ SUMMARY_FIELDS: tuple[SummaryField, ...] = (
     SummaryField("softmax_kernel", False, "the attention normaliser's backend: triton or torch"),
     SummaryField("learned_constants", False, "final values of the learned scalars of normalisers, activations and "
                  "position encodings (ConSmax beta/gamma, per head for consmax_v2, PReLU slope, ...) by parameter name"),
+    SummaryField("eval_tokens", True, "tokens each evaluation scores per split (eval_iters x batch_size x block_size "
+                 "x processes), the same fixed windows for every --seed"),
+    SummaryField("provenance", False, "what produced the result: git commit and dirty flag, Python/torch/Triton/numpy "
+                 "versions, device name, threads, fingerprints of the data files (provenance.py)"),
 )
 
 

@@ -44,13 +44,17 @@ from gpt_conf import GPTConfig, pad_vocab
 from io_utils import load_checkpoint
 from model import GPT
 from ppa.report import ppa_tables
+from provenance import fingerprint, provenance
 from run_dir import METRICS, SUMMARY, RunDir, disk_full_error, ppa_summary_keys, resolve_checkpoint
 from train_args import TrainConfig
 from train_log import Reporter, summary_writer_class, truncate_metrics
 from variations import kernels
 from variations.cost import cost_table, group_by_component, per_token_summary
 
-EVAL_SEED_OFFSET = 100_003  # evaluation batches come from their own generator: the same batches each eval
+# Evaluation batches come from their own generator with a fixed seed (per rank), independent of --seed:
+# every run scores the same eval_iters x batch_size windows of each split (summary.json's eval_tokens),
+# so losses of different seeds, and of different runs with the same batch shape, compare on the same tokens
+EVAL_SEED = 100_003
 
 
 class NonFiniteLoss(UserError):
@@ -151,12 +155,12 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float | None]:
-        """Mean loss over eval_iters batches per split (the same batches every time), averaged over ranks;
-        val is None when the data has no validation split (--sft_val_fraction 0)."""
+        """Mean loss over eval_iters batches per split (the same batches every time and for every --seed:
+        EVAL_SEED), averaged over ranks; val is None when the data has no validation split (--sft_val_fraction 0)."""
         self.model.eval()
         out = {"val": None}
         for split in self.data.eval_splits:
-            gen = torch.Generator().manual_seed(self.tc.seed + EVAL_SEED_OFFSET + self.dd.rank)
+            gen = torch.Generator().manual_seed(EVAL_SEED + self.dd.rank)
             losses = []
             for _ in range(self.tc.eval_iters):
                 x, y = self.data.batch(split, gen)
@@ -395,6 +399,9 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
         report.line(trainer.data.summary)
     sft = {"sft": True} if tc.sft_data else {}  # marks records whose losses are on completion tokens only
 
+    prov = provenance(trainer.device, torch.get_num_threads(), meta.get("data_dir"))
+    if tc.sft_data:
+        prov["data"]["sft_data"] = fingerprint(Path(tc.sft_data))
     t_start = time.time()
     train_time, timed_iters = 0.0, 0  # optimiser steps only (no eval), excluding this process's first step
     last_loss, stop_reason, loss = None, None, None
@@ -420,6 +427,8 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             "world_size": dd.world_size, "threads": torch.get_num_threads(), "sft": bool(tc.sft_data),
             "softmax_kernel": kernels.select(model_config.softmax_kernel, trainer.device.type)[0],
             "learned_constants": trainer.learned_constants,
+            "eval_tokens": tc.eval_iters * tc.batch_size * model_config.block_size * dd.world_size,
+            "provenance": prov,
             **per_token_summary(cost_rows),
             **(ppa.summary() if ppa else dict.fromkeys(ppa_summary_keys())),
         }

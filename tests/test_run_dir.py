@@ -61,7 +61,8 @@ def test_the_summary_schema_is_what_train_writes():
     assert set(summary) < set(run_dir.summary_keys())  # an older summary: a subset (readers use .get)
     # the keys added since the fixture was written
     summary.update(learned_constants={}, threads=1, error=None, exp2_per_token=0, weights_per_token=0,
-                   kv_read_per_token=0, kv_write_per_token=0, **dict.fromkeys(run_dir.ppa_summary_keys()))
+                   kv_read_per_token=0, kv_write_per_token=0, eval_tokens=None, provenance=None,
+                   **dict.fromkeys(run_dir.ppa_summary_keys()))
     assert list(run_dir.check_summary(summary)) == run_dir.summary_keys()
     with pytest.raises(KeyError, match="extra \\['bogus'\\]"):
         run_dir.check_summary({**summary, "bogus": 1})

@@ -289,6 +289,13 @@ def spread(values) -> dict:
             "min": min(vals) if n else None, "max": max(vals) if n else None}
 
 
+def run_seed(doc: dict):
+    """The seed a run trained with: its `seed` setting, else the one its config.json records (train.py's
+    default or its preset's), else None."""
+    seed = (doc.get("settings") or {}).get(SEED)
+    return seed if seed is not None else ((doc.get("config") or {}).get("train") or {}).get(SEED)
+
+
 def aggregate_by_config(docs, key: str = "best_val_loss") -> list[dict]:
     """The statistics of `key` (metric_of: a summary key, else a setting or config value) per
     configuration, over the runs' last attempts (latest_by_name), in order of first appearance:
@@ -298,7 +305,9 @@ def aggregate_by_config(docs, key: str = "best_val_loss") -> list[dict]:
         failed (runs that did not complete: failed, interrupted, pruned; left out),
         missing (completed runs without a finite `key`; left out)
 
-    A configuration none of whose runs counts is still listed (n 0, mean None)."""
+    A configuration none of whose runs counts is still listed (n 0, mean None). A seed (run_seed) counts
+    once: two runs of one configuration with the same seed (an Optuna study that sampled the same
+    parameters again, a run renamed by an edit of the sweep file) are one measurement, the later run's."""
     out: dict[str, dict] = {}
     for d in latest_by_name(list(docs)).values():
         settings = d.get("settings") or {}
@@ -306,13 +315,16 @@ def aggregate_by_config(docs, key: str = "best_val_loss") -> list[dict]:
             "key": key, "name": config_name(d["name"], settings),
             "settings": {k: v for k, v in settings.items() if k != SEED},
             "seeds": [], "values": [], "runs": [], "failed": 0, "missing": 0})
-        value = number(metric_of(d, key))
+        value, seed = number(metric_of(d, key)), run_seed(d)
         if d.get("status") != "completed":
             c["failed"] += 1
         elif value is None:
             c["missing"] += 1
+        elif seed is not None and seed in c["seeds"]:  # the same configuration and seed again: the later run
+            i = c["seeds"].index(seed)
+            c["values"][i], c["runs"][i] = value, d["name"]
         else:
-            c["seeds"].append(settings.get(SEED))
+            c["seeds"].append(seed)
             c["values"].append(value)
             c["runs"].append(d["name"])
     for c in out.values():  # in seed order (a log holds runs in the order they ended)

@@ -11,7 +11,8 @@ import pytest
 from errors import UserError
 from optimization_and_search import hyperparam_search as hs
 from optimization_and_search.results import (aggregate_by_config, append_log, config_key, config_name, latest_by_name,
-                                             load_log, read_yaml_file, seed_run_name, write_config_csv)
+                                             load_log, read_yaml_file, run_seed, seed_run_name,
+                                             write_config_csv)
 from optimization_and_search.run_experiments import main
 from optimization_and_search.sweep_config import load_sweep
 
@@ -117,6 +118,9 @@ def test_configuration_key_and_name_leave_the_seed_out():
     assert config_name("seed-1_sva-a", {"seed": 1}) == "sva-a"             # an older sweep that varied seed
     assert config_name("sva-a_seed-1337", {}) == "sva-a_seed-1337"         # no seed setting: the name as is
     assert config_name("trial_3_seed-2", {"seed": 2}) == "trial_3"
+    assert run_seed({"settings": {"seed": 5}, "config": {"train": {"seed": 5}}}) == 5
+    assert run_seed({"settings": {}, "config": {"train": {"seed": 1337}}}) == 1337  # train.py's default, recorded
+    assert run_seed({"settings": {}, "config": None}) is None
 
 
 def test_aggregate_by_config_against_direct_computations(tmp_path):
@@ -139,6 +143,10 @@ def test_aggregate_by_config_against_direct_computations(tmp_path):
     assert (c["n"], c["missing"], c["mean"], c["min"]) == (0, 1, None, None)
     params = {x["name"]: x for x in aggregate_by_config(load_log(log), "num_params")}  # any summary key
     assert params["sva-a"]["mean"] == pytest.approx(statistics.mean([100, 200, 300]))
+    # the same configuration and seed under another name (an Optuna trial repeating parameters): counted once
+    append_log(log, attempt("trial_9_seed-2", "completed", {"softmax_variant_attn": "a", "n_layer": 2, "seed": 2}, 1.0))
+    again = aggregate_by_config(load_log(log))[0]
+    assert (again["n"], again["values"], again["runs"][1]) == (3, [1.50, 1.0, 1.62], "trial_9_seed-2")
 
 
 def test_config_csv_one_row_per_configuration(tmp_path):

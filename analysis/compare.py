@@ -1,5 +1,4 @@
-"""Compare every configuration of a sweep with a baseline configuration: the difference in a metric, its
-confidence interval, and whether it is within the noise of the seeds.
+"""Compare every configuration of a sweep with a baseline: the difference, its t interval, within noise or not.
 
     python analysis/compare.py exploration_logs/softmax_cpu.yaml --baseline softmax_variant_attn=softmax
     python analysis/compare.py LOG --baseline softmax_variant_attn=softmax --baseline n_layer=4 --paired
@@ -22,7 +21,9 @@ its confidence interval, the test, and the verdict: "within noise" when the inte
   runs of a pair and cancels in their difference. It needs 2 or more shared seeds.
 
 The t quantile comes from scipy when it is installed, else from `t_quantile_exact` (bisection on the
-Student t distribution function, written with the regularised incomplete beta function).
+Student t distribution function, written with the regularised incomplete beta function). Each row is
+one comparison at the stated confidence, with no correction for multiple comparisons: among many
+configurations that truly equal the baseline, about one in twenty gets a verdict at 95% by chance.
 """
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Plot a sweep's result log: configurations (means over seeds, sd error bars) against a cost with the Pareto
-front, and a bar chart per varied setting.
+"""Plot a sweep's log: configuration means (sd error bars) against a cost, the Pareto front, bars per setting.
 
     python analysis/plot_sweep.py exploration_logs/softmax_cpu.yaml                       # val loss vs params
     python analysis/plot_sweep.py exploration_logs/softmax_cpu.yaml --x macs_per_token --out softmax_macs.png

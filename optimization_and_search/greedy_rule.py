@@ -27,7 +27,8 @@ candidate has `settings`, `runs` (one per seed: seed, status, objective, cost, e
 from __future__ import annotations
 
 import math
-import statistics
+
+from optimization_and_search.results import spread
 
 ON_PLATEAU = ("stop", "raise_iters")
 
@@ -110,7 +111,12 @@ def _run_problem(run: dict) -> str | None:
 
 def aggregate(entry: dict, seeds: list) -> None:
     """Mean objective and cost over the seeds of a baseline or candidate record, and its status: failed
-    when a seed failed (or gave no finite number), running/pending while seeds are missing."""
+    when a seed failed (or gave no finite number), running/pending while seeds are missing.
+
+    The statistics are results.spread, the arithmetic of a sweep's results.aggregate_by_config (mean,
+    sample standard deviation). The policy differs on purpose: a sweep leaves a failed seed out and
+    counts it, while here one failed seed fails the candidate, because the rule compares means over the
+    same seeds (a mean over fewer seeds would be a different, noisier measurement)."""
     runs = {r["seed"]: r for r in entry["runs"]}
     failed = next(((r["seed"], p) for r in entry["runs"] if (p := _run_problem(r))), None)
     if failed:
@@ -119,10 +125,9 @@ def aggregate(entry: dict, seeds: list) -> None:
     if any(s not in runs for s in seeds):
         entry["status"] = "running" if entry["runs"] else "pending"
         return
-    objs = [float(runs[s]["objective"]) for s in seeds]
-    costs = [float(runs[s]["cost"]) for s in seeds]
-    entry.update(status="completed", objective=statistics.fmean(objs), cost=statistics.fmean(costs),
-                 objective_std=statistics.stdev(objs) if len(objs) > 1 else 0.0)
+    objs = spread(runs[s]["objective"] for s in seeds)
+    entry.update(status="completed", objective=objs["mean"], cost=spread(runs[s]["cost"] for s in seeds)["mean"],
+                 objective_std=objs["std"] if objs["std"] is not None else 0.0)  # one seed: 0, as logs have held
     entry.pop("reason", None)
 
 

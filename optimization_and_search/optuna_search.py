@@ -5,6 +5,7 @@ pruning on the intermediate val losses, SQLite storage (a killed study resumes),
     python optimization_and_search/optuna_search.py -c hp_searches/optuna_cpu_pareto.yaml --n_trials 30 \\
         --objectives best_val_loss macs_per_token
     python optimization_and_search/optuna_search.py -c SPACE.yaml --n_trials 8 -- --max_iters 200   # train.py flags
+    python optimization_and_search/optuna_search.py -c hp_searches/optuna_cpu.yaml --n_trials 10 --seeds 3
 
 The search-space file (`fixed:` settings of every trial and searched `params:`, every key a train.py
 setting, validated before the study starts) is described, with an example, in optuna_space.py.
@@ -17,6 +18,14 @@ Single objective (default `best_val_loss`, minimised): TPE sampler, and a median
 evaluation's val loss stops unpromising trials early (status "pruned"). Several objectives
 (`--objectives best_val_loss macs_per_token`, any numeric summary.json keys): NSGA-II, no pruning
 (Optuna does not prune multi-objective studies), and the Pareto front printed and saved.
+
+Seeds: with `--seeds N` (N > 1) every trial trains its configuration once per seed (train.py's default
+seed 1337 and the N - 1 after it; the space may then not set `seed`) in trial_<n>/seed_<s>, and Optuna
+gets each objective's mean over the seeds (results.spread, as the sweep runner and the greedy search
+average). One failed seed fails the trial. Pruning watches the first seed's run only: every trial's
+first seed is the same, so the pruner compares like with like. Each seed's run is a document of the log
+(`trial_<n>_seed-<s>`), so results.aggregate_by_config, plot_sweep.py and compare.py see one
+configuration per trial with its spread. (`--seed` is the sampler's seed, not a training seed.)
 
 The study lives in `--storage` (default sqlite:///out_root/<study>/study.db) under `--study_name`
 (default: the search-space file's name); running the same command again continues it up to
@@ -46,11 +55,12 @@ from pathlib import Path
 
 import yaml
 
+import train_args
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from io_utils import atomic_write_bytes
 from optimization_and_search import launch, locks
 from optimization_and_search.optuna_space import SearchSpace, choice_label, load_space, parse_train_flags
-from optimization_and_search.results import log_entry, plain, write_log
+from optimization_and_search.results import SEED, log_entry, plain, seed_run_name, spread, write_log
 from run_dir import numeric_summary_keys
 
 PROG = "optuna_search.py"
@@ -156,10 +166,13 @@ def counted_trials(study) -> list:
 
 # ------------------------------------------------------------------------------------ one trial
 class Objective:
-    """Trains one trial in this process and returns its objective values from the summary."""
+    """Trains one trial in this process (once per seed with `seeds`) and returns its objective values
+    from the summary (their means over the seeds)."""
 
-    def __init__(self, space: SearchSpace, objectives: list[str], study_dir: Path, prune: bool, log=print):
+    def __init__(self, space: SearchSpace, objectives: list[str], study_dir: Path, prune: bool, log=print,
+                 seeds: list[int] | None = None):
         self.space, self.objectives, self.study_dir, self.prune, self.log = space, objectives, study_dir, prune, log
+        self.seeds = seeds
 
     def trial_dir(self, number: int) -> Path:
         return self.study_dir / f"trial_{number}"
@@ -181,7 +194,14 @@ class Objective:
             return trial.should_prune()
 
         try:
-            run = launch.run_in_process(settings, out_dir, on_eval=on_eval if self.prune else None)
+            if not self.seeds:
+                return self.train(trial, settings, out_dir, on_eval if self.prune else None, None)
+            values, seed_runs = [], []
+            for i, seed in enumerate(self.seeds):  # pruning watches the first seed, the same in every trial
+                values.append(self.train(trial, {**settings, SEED: seed}, out_dir / f"seed_{seed}",
+                                         on_eval if self.prune and i == 0 else None, seed_runs))
+            means = [spread(v[k] for v in values)["mean"] for k in range(len(self.objectives))]
+            return means[0] if len(means) == 1 else means
         except KeyboardInterrupt:
             study = trial.study
             study.set_user_attr("interrupted_trials",
@@ -189,25 +209,47 @@ class Objective:
             if "retry_of" not in trial.user_attrs:
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
+
+    def train(self, trial, settings: dict, out_dir: Path, on_eval, seed_runs: list | None):
+        """One training run and its objective values (a float for one objective). Without seeds its
+        summary, exit code and log tail are the trial's attributes; with seeds, one record per seed in
+        the trial's `seed_runs`. A failed run raises RuntimeError, a pruned one TrialPruned."""
+        import optuna
+        run = launch.run_in_process(settings, out_dir, on_eval=on_eval)
         summary = run.summary() or {}
+        record = {"seed": settings.get(SEED), "settings": settings, "out_dir": str(out_dir),
+                  "started_at": run.started_at, "finished_at": run.finished_at, "exit_code": run.exit_code,
+                  "status": "completed", "summary": summary}
+
+        def keep(**attrs):
+            for k, v in attrs.items():  # a failure's exit code and log tail are the trial's too (report prints it)
+                if k != "status" and (seed_runs is None or k in ("exit_code", "log_tail")):
+                    trial.set_user_attr(k, v)
+            if seed_runs is not None:
+                record.update(attrs)
+                seed_runs.append(record)
+                trial.set_user_attr("seed_runs", seed_runs)
+
         if run.exit_code != 0 or summary.get("status") != "completed":
             tail = run.log_tail()
-            trial.set_user_attr("exit_code", run.exit_code)
-            trial.set_user_attr("log_tail", tail)
+            keep(exit_code=run.exit_code, log_tail=tail, status="failed")
             raise RuntimeError(next((line for line in reversed(tail.splitlines()) if line.strip()), "failed"))
-        trial.set_user_attr("summary", summary)
         if summary.get("stop_reason") == "pruned":
+            keep(summary=summary, status="pruned")
             raise optuna.TrialPruned(f"pruned at step {summary.get('iters')}")
         out = []
         for key in self.objectives:
             v = summary.get(key)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                 msg = f"error: summary.json has no finite '{key}' (got {v!r}); the trial cannot be scored"
-                trial.set_user_attr("exit_code", 1)
-                trial.set_user_attr("log_tail", msg)
+                keep(summary=summary, exit_code=1, log_tail=msg, status="failed")
                 raise RuntimeError(msg)
             out.append(float(v))
-        return out[0] if len(out) == 1 else out
+        keep(summary=summary)
+        if seed_runs is not None:
+            self.log(f"trial {trial.number} seed {record['seed']}: "
+                     + ", ".join(f"{k} {_fmt(v)}" for k, v in zip(self.objectives, out)))
+        return out if seed_runs is not None else out[0] if len(out) == 1 else out
 
 
 # ------------------------------------------------------------------------------------ export
@@ -230,7 +272,8 @@ def best_numbers(study) -> set[int]:
 
 
 def export_documents(study, objectives: list[str]) -> list[dict]:
-    """One exploration-log document per finished trial, in trial order."""
+    """One exploration-log document per finished trial, in trial order; with seeds, one per seed's run
+    (`trial_<n>_seed-<s>`, its own status; all of them interrupted when the trial was)."""
     interrupted = set(study.user_attrs.get("interrupted_trials", []))
     best = best_numbers(study)
     docs = []
@@ -238,23 +281,29 @@ def export_documents(study, objectives: list[str]) -> list[dict]:
         status = trial_status(t, interrupted)
         if status is None:
             continue  # running or waiting
-        exit_code = {"completed": 0, "pruned": 0, "interrupted": None}.get(status, t.user_attrs.get("exit_code", 1))
-        doc = log_entry(f"trial_{t.number}", status=status, exit_code=exit_code, run_dir=t.user_attrs.get("out_dir"),
-                        started_at=_iso(t.datetime_start), finished_at=_iso(t.datetime_complete),
-                        settings=t.user_attrs.get("settings", {}), summary=t.user_attrs.get("summary"),
-                        log_tail=t.user_attrs.get("log_tail", ""))
-        # this log has always held {} (not null) for a file the trial never wrote
-        doc.update(config=doc["config"] or {}, summary=doc["summary"] or {})
-        doc["optuna"] = {
-            "study": study.study_name, "trial": t.number,
-            "params": plain(t.params),
-            "objectives": list(objectives),
-            "values": [float(v) for v in t.values] if t.values is not None and status == "completed" else None,
-            "intermediate_values": {int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
-            "best": t.number in best,
-            **({"retry_of": t.user_attrs["retry_of"]} if "retry_of" in t.user_attrs else {}),
-        }
-        docs.append(doc)
+        info = {"study": study.study_name, "trial": t.number, "params": plain(t.params),
+                "objectives": list(objectives),
+                "values": [float(v) for v in t.values] if t.values is not None and status == "completed" else None,
+                "intermediate_values": {int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
+                "best": t.number in best,
+                **({"retry_of": t.user_attrs["retry_of"]} if "retry_of" in t.user_attrs else {})}
+        seed_runs = t.user_attrs.get("seed_runs")
+        if seed_runs is None:
+            runs = [(f"trial_{t.number}", status, {**t.user_attrs, "started_at": _iso(t.datetime_start),
+                                                   "finished_at": _iso(t.datetime_complete)})]
+        else:
+            runs = [(seed_run_name(f"trial_{t.number}", r["seed"]), "interrupted" if status == "interrupted"
+                     else r["status"], r) for r in seed_runs]
+        for i, (name, run_status, r) in enumerate(runs):
+            exit_code = {"completed": 0, "pruned": 0, "interrupted": None}.get(run_status, r.get("exit_code", 1))
+            doc = log_entry(name, status=run_status, exit_code=exit_code, run_dir=r.get("out_dir"),
+                            started_at=r.get("started_at"), finished_at=r.get("finished_at"),
+                            settings=r.get("settings", {}), summary=r.get("summary"), log_tail=r.get("log_tail", ""))
+            # this log has always held {} (not null) for a file the trial never wrote
+            doc.update(config=doc["config"] or {}, summary=doc["summary"] or {})
+            doc["optuna"] = info if seed_runs is None else {
+                **info, "seed": r["seed"], "intermediate_values": info["intermediate_values"] if i == 0 else {}}
+            docs.append(doc)
     return docs
 
 
@@ -327,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: TPE for one objective, NSGA-II for several")
     p.add_argument("--population_size", type=int, default=None, help="NSGA-II population (default Optuna's 50)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (a resumed study offsets it by its trial count)")
+    p.add_argument("--seeds", type=int, default=1, help="training seeds per trial: each trial's configuration trains "
+                   "once per seed (1337, 1338, ...) and Optuna gets the mean over them (default 1: one run)")
     p.add_argument("--pruner", choices=("median", "none"), default="median",
                    help="median: stop a trial whose val loss is worse than the median of earlier trials at the "
                         "same step (single objective only)")
@@ -351,7 +402,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.n_trials < 1:
         raise UserError(f"--n_trials must be at least 1, got {args.n_trials}")
     directions = check_objectives(args.objectives, args.directions)
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     space = load_space(args.space, parse_train_flags(train_flags))
+    if args.seeds > 1 and (SEED in space.fixed or any(p.name == SEED for p in space.params)):
+        raise UserError(f"the search space sets 'seed' and --seeds {args.seeds} gives the seeds; drop 'seed' from "
+                        "the space (or from the flags after --)")
     study_name = launch.check_name(args.study_name or Path(args.space).stem, "--study_name" if args.study_name
                                    else f"study name (from {args.space}; see --study_name)")
     study_dir = Path(args.out_root) / study_name
@@ -384,11 +440,15 @@ def run_study(args, space: SearchSpace, study_name: str, directions: list[str], 
     if stored is None:  # "objectives" last: a worker starting meanwhile that sees it sees the rest too
         study.set_user_attr("directions", directions)
         study.set_user_attr("space", yaml.safe_dump(space.to_dict(), sort_keys=True))
+        study.set_user_attr("seeds", args.seeds)
         study.set_user_attr("objectives", list(args.objectives))
     elif stored != list(args.objectives) or study.user_attrs.get("directions") != directions:
         raise UserError(f"study '{study_name}' in {storage} optimises {' '.join(stored)} "
                         f"({' '.join(study.user_attrs.get('directions', []))}); give the same --objectives "
                         "and --directions, or a new --study_name")
+    elif study.user_attrs.get("seeds", 1) != args.seeds:  # a mean over other seeds is another objective
+        raise UserError(f"study '{study_name}' in {storage} averages over {study.user_attrs.get('seeds', 1)} "
+                        f"seed(s); give the same --seeds, or a new --study_name")
     elif study.user_attrs.get("space") != yaml.safe_dump(space.to_dict(), sort_keys=True):
         console.print(f"[yellow]warning:[/yellow] the search space or fixed settings differ from those study "
                       f"'{study_name}' started with; earlier trials are not directly comparable")
@@ -406,7 +466,10 @@ def run_study(args, space: SearchSpace, study_name: str, directions: list[str], 
     remaining = args.n_trials - done
     log(f"study '{study_name}' ({storage}): {done} finished trial(s), running {max(remaining, 0)} more "
         f"(pruner: {type(study.pruner).__name__}, sampler: {type(study.sampler).__name__})")
-    objective = Objective(space, args.objectives, study_dir, prune=not multi and args.pruner != "none", log=log)
+    seed0 = train_args.setting(SEED).default
+    seeds = [seed0 + i for i in range(args.seeds)] if args.seeds > 1 else None
+    objective = Objective(space, args.objectives, study_dir, prune=not multi and args.pruner != "none", log=log,
+                          seeds=seeds)
 
     def report(study, trial):
         status = trial_status(trial, set(study.user_attrs.get("interrupted_trials", [])))

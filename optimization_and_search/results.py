@@ -16,12 +16,25 @@ A document (built by `log_entry`, the one place its keys are spelled):
 A driver adds its own keys after these (the Optuna search: `optuna`). The log file grows by one
 document at a time (`append_log`) or is rewritten whole (`write_log`), always atomically, so a driver
 killed at any moment leaves the previous log or the new one. This module does not import torch.
+
+Seeds and spread. A *configuration* is a run's settings without its `seed` (`config_key`, the one
+definition): a sweep with `seeds:` (or an Optuna study with --seeds) trains each configuration once per
+seed, as runs named `<configuration>_seed-<seed>` (`seed_run_name`, `config_name`). `aggregate_by_config`
+is the one owner of the statistics over seeds, read by the runner's results table and --csv_configs,
+analysis/plot_sweep.py and analysis/compare.py (`spread` is its arithmetic, which the greedy search's
+mean over seeds shares):
+
+    for c in aggregate_by_config(load_log("exploration_logs/softmax_cpu.yaml"), "best_val_loss"):
+        print(c["name"], c["n"], c["mean"], c["std"], c["min"], c["max"], c["seeds"], c["failed"])
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 import re
+import statistics
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -190,15 +203,18 @@ def latest_by_name(docs: list[dict]) -> dict[str, dict]:
 
 # ------------------------------------------------------------------------------------ as a table
 def flat_rows(docs: list[dict]) -> tuple[list[str], list[dict]]:
-    """One row per document: name, status, exit_code, out_dir, the settings, then the summary keys (a
-    summary key that is also a setting, like dtype, becomes summary_<key>)."""
+    """One row per document: name, configuration (config_name), status, exit_code, out_dir, the
+    settings, then the summary keys (a summary key that is also a setting, like dtype, becomes
+    summary_<key>)."""
     settings_keys = list(dict.fromkeys(k for d in docs for k in (d.get("settings") or {})))
     summary_keys = list(dict.fromkeys(k for d in docs for k in (d.get("summary") or {})))
-    summary_cols = {k: f"summary_{k}" if k in settings_keys or k in ("name", "status") else k for k in summary_keys}
-    head = ["name", "status", "exit_code", "out_dir", "started_at", "finished_at"]
+    summary_cols = {k: f"summary_{k}" if k in settings_keys or k in ("name", "configuration", "status") else k
+                    for k in summary_keys}
+    head = ["name", "configuration", "status", "exit_code", "out_dir", "started_at", "finished_at"]
     rows = []
     for d in docs:
         row = {k: d.get(k) for k in head}
+        row["configuration"] = config_name(d["name"], d.get("settings"))
         for k, v in (d.get("settings") or {}).items():
             row[k] = " ".join(map(str, v)) if isinstance(v, list) else v
         for k, v in (d.get("summary") or {}).items():
@@ -210,8 +226,140 @@ def flat_rows(docs: list[dict]) -> tuple[list[str], list[dict]]:
 def write_csv(path: str | Path, docs: list[dict]) -> None:
     """`flat_rows` as a CSV file (written atomically); give it `latest_by_name(...).values()`."""
     columns, rows = flat_rows(docs)
+    _write_csv(path, columns, rows)
+
+
+def _write_csv(path: str | Path, columns: list[str], rows: list[dict]) -> None:
     text = io.StringIO(newline="")
     w = csv.DictWriter(text, fieldnames=columns)
     w.writeheader()
     w.writerows(rows)
     atomic_write_bytes(path, text.getvalue().encode())
+
+
+# ------------------------------------------------------------------------------------ configurations
+SEED = "seed"  # the setting a configuration is repeated over
+
+
+def config_key(settings: dict | None) -> str:
+    """The configuration a run belongs to: its settings without the seed, as canonical JSON. Runs with
+    the same key are one configuration trained with different seeds (a log written before seeds were
+    part of sweeps has no seed in its settings: each run is its own configuration)."""
+    return json.dumps({k: v for k, v in (settings or {}).items() if k != SEED}, sort_keys=True, default=str)
+
+
+def seed_run_name(config: str, seed: int) -> str:
+    """The name of one seed's run of a configuration: `sva-softmax` -> `sva-softmax_seed-1337`."""
+    return f"{config}_seed-{seed}"
+
+
+def config_name(name: str, settings: dict | None) -> str:
+    """A run's configuration name: its name without the `seed-<its seed>` part (`sva-softmax_seed-1337`
+    -> `sva-softmax`; also an older sweep that varied `seed` as a key, `seed-1_sva-softmax`)."""
+    seed = (settings or {}).get(SEED)
+    if seed is None:
+        return name
+    stripped = re.sub(rf"(^|_)seed-{re.escape(str(seed))}(?=_|$)", "", name).strip("_")
+    return stripped or name
+
+
+def number(value) -> float | None:
+    """A finite int or float as a float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def metric_of(doc: dict, key: str):
+    """A key of a run's summary, else its settings, else its resolved config (model, then train)."""
+    config = doc.get("config") or {}
+    for section in (doc.get("summary"), doc.get("settings"), config.get("model"), config.get("train")):
+        if isinstance(section, dict) and key in section:
+            return section[key]
+    return None
+
+
+def spread(values) -> dict:
+    """n, mean, std (the sample standard deviation, n - 1 in the denominator; None below 2 values),
+    min and max of some numbers (None for all but n when there are none)."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    return {"n": n, "mean": statistics.fmean(vals) if n else None,
+            "std": statistics.stdev(vals) if n > 1 else None,
+            "min": min(vals) if n else None, "max": max(vals) if n else None}
+
+
+def run_seed(doc: dict):
+    """The seed a run trained with: its `seed` setting, else the one its config.json records (train.py's
+    default or its preset's), else None."""
+    seed = (doc.get("settings") or {}).get(SEED)
+    return seed if seed is not None else ((doc.get("config") or {}).get("train") or {}).get(SEED)
+
+
+def aggregate_by_config(docs, key: str = "best_val_loss") -> list[dict]:
+    """The statistics of `key` (metric_of: a summary key, else a setting or config value) per
+    configuration, over the runs' last attempts (latest_by_name), in order of first appearance:
+
+        key, name (config_name), settings (without the seed), n, mean, std (n - 1; None for n < 2),
+        min, max, seeds and values (the runs counted, in seed order), runs (their names),
+        failed (runs that did not complete: failed, interrupted, pruned; left out),
+        missing (completed runs without a finite `key`; left out)
+
+    A configuration none of whose runs counts is still listed (n 0, mean None). A seed (run_seed) counts
+    once: two runs of one configuration with the same seed (an Optuna study that sampled the same
+    parameters again, a run renamed by an edit of the sweep file) are one measurement, the later run's."""
+    out: dict[str, dict] = {}
+    for d in latest_by_name(list(docs)).values():
+        settings = d.get("settings") or {}
+        c = out.setdefault(config_key(settings), {
+            "key": key, "name": config_name(d["name"], settings),
+            "settings": {k: v for k, v in settings.items() if k != SEED},
+            "seeds": [], "values": [], "runs": [], "failed": 0, "missing": 0})
+        value, seed = number(metric_of(d, key)), run_seed(d)
+        if d.get("status") != "completed":
+            c["failed"] += 1
+        elif value is None:
+            c["missing"] += 1
+        elif seed is not None and seed in c["seeds"]:  # the same configuration and seed again: the later run
+            i = c["seeds"].index(seed)
+            c["values"][i], c["runs"][i] = value, d["name"]
+        else:
+            c["seeds"].append(seed)
+            c["values"].append(value)
+            c["runs"].append(d["name"])
+    for c in out.values():  # in seed order (a log holds runs in the order they ended)
+        order = sorted(range(len(c["seeds"])), key=lambda i: (not isinstance(c["seeds"][i], int),
+                                                              c["seeds"][i] if isinstance(c["seeds"][i], int) else 0))
+        for k in ("seeds", "values", "runs"):
+            c[k] = [c[k][i] for i in order]
+    return [{**c, **spread(c["values"])} for c in out.values()]
+
+
+def config_rows(docs) -> tuple[list[str], list[dict]]:
+    """One row per configuration: configuration (its name), runs (completed), failed, seeds, the settings (without the
+    seed), then <key>_mean, <key>_std, <key>_min, <key>_max for every numeric summary key."""
+    docs = list(latest_by_name(list(docs)).values())
+    keys = list(dict.fromkeys(k for d in docs for k, v in (d.get("summary") or {}).items()
+                              if number(v) is not None))
+    settings_keys = list(dict.fromkeys(k for d in docs for k in (d.get("settings") or {}) if k != SEED))
+    stats = {k: aggregate_by_config(docs, k) for k in keys}  # the same configurations, in the same order
+    base = stats[keys[0]] if keys else aggregate_by_config(docs)
+    rows = []
+    for i, c in enumerate(base):
+        row = {"configuration": c["name"], "runs": c["n"] + c["missing"], "failed": c["failed"],
+               "seeds": " ".join(str(s) for s in c["seeds"] if s is not None)}
+        for k, v in c["settings"].items():
+            row[k] = " ".join(map(str, v)) if isinstance(v, list) else v
+        for k in keys:
+            s = stats[k][i]
+            row.update({f"{k}_{stat}": s[stat] for stat in ("mean", "std", "min", "max")})
+        rows.append(row)
+    columns = ["configuration", "runs", "failed", "seeds", *settings_keys,
+               *(f"{k}_{stat}" for k in keys for stat in ("mean", "std", "min", "max"))]
+    return columns, rows
+
+
+def write_config_csv(path: str | Path, docs) -> None:
+    """`config_rows` as a CSV file (written atomically): one row per configuration."""
+    columns, rows = config_rows(docs)
+    _write_csv(path, columns, rows)

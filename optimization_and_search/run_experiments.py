@@ -3,12 +3,16 @@
     python optimization_and_search/run_experiments.py -c explorations/softmax_cpu.yaml --dry_run
     python optimization_and_search/run_experiments.py -c explorations/softmax_cpu.yaml --jobs 2 --csv softmax.csv
     python optimization_and_search/run_experiments.py -c explorations/gqa_gpu.yaml --jobs 4 --set max_iters=200
+    python optimization_and_search/run_experiments.py -c explorations/softmax_cpu.yaml --seeds 3 --csv_configs s.csv
 
 Each run trains in <out_root>/<run name> (default out/<sweep name>/<run name>) with its output in train.log
 there, started by launch.py with its own environment (a GPU, a share of the CPU threads). One YAML document
 per attempt at a run (results.py) is appended atomically to exploration_logs/<sweep name>.yaml (name, status,
 exit_code, out_dir, times, settings, config.json, summary.json; failed runs also the last 40 lines of their
-log); a run's result is its last attempt (results.latest_by_name). Re-running the same command skips
+log); a run's result is its last attempt (results.latest_by_name). With seeds (the file's `seeds:`, or
+--seeds N / --seeds A B C, which wins) each configuration runs once per seed, each seed's run a run of its
+own (`<configuration>_seed-<seed>`); the results table and --csv_configs give each configuration's mean,
+sample standard deviation, min and max over its seeds (results.aggregate_by_config). Re-running the same command skips
 completed runs, resumes or restarts interrupted ones and leaves failed ones alone unless --retry_failed;
 killing the runner (even with SIGKILL) loses no finished result and leaves no training process behind.
 One runner per log and per --out_root (locks.py: a second one stops at once, naming the first one's pid).
@@ -34,7 +38,8 @@ import yaml
 from errors import ArgumentParser, UserError, run_cli
 from io_utils import atomic_write_json
 from optimization_and_search import launch, locks
-from optimization_and_search.results import append_log, latest_by_name, load_log, log_entry, now, write_csv
+from optimization_and_search.results import (aggregate_by_config, append_log, latest_by_name, load_log, log_entry, now,
+                                             write_config_csv, write_csv)
 from run_dir import CKPT_LAST, CONFIG, METRICS, SUMMARY, RunDir
 
 if TYPE_CHECKING:
@@ -351,38 +356,57 @@ class Runner:
 
 
 # ------------------------------------------------------------------------------------------ tables
+def run_count(sweep: Sweep) -> str:
+    """`12 runs`, or `4 configurations x 3 seeds = 12 runs`."""
+    if not sweep.seeds:
+        return f"{len(sweep.runs)} runs"
+    return f"{sweep.configs} configurations x {len(sweep.seeds)} seeds = {len(sweep.runs)} runs"
+
+
 def dry_run_table(sweep: Sweep, tasks: list[Task], log_path: Path):
     from rich.table import Table
     fixed = ", ".join(f"{k}={v}" for k, v in sweep.fixed.items())
-    table = Table(title=f"sweep {sweep.name}: {len(sweep.runs)} runs (log: {log_path})",
-                  caption=f"every run: {fixed}" if fixed else None)
+    caption = "; ".join(([f"every run: {fixed}"] if fixed else [])
+                        + ([f"seeds: {', '.join(map(str, sweep.seeds))}"] if sweep.seeds else []))
+    table = Table(title=f"sweep {sweep.name}: {run_count(sweep)} (log: {log_path})", caption=caption or None)
     table.add_column("#", justify="right")
     table.add_column("run")
     for k in sweep.varied:
         table.add_column(k)
+    if sweep.seeds:
+        table.add_column("seed", justify="right")
     table.add_column("status")
     status = {"pending": "to run", "done": "done", "skipped": "failed (skipped)", "finished": "finished (to log)"}
-    for i, t in enumerate(tasks, 1):
+    for i, (t, run) in enumerate(zip(tasks, sweep.runs), 1):
         values = [str(t.settings[k]) if k in t.settings else "" for k in sweep.varied]
         state = status.get(t.state, t.state) + (" (resume)" if t.resume else "")
-        table.add_row(str(i), t.name, *values, state)
+        table.add_row(str(i), t.name, *values, *([str(run.seed)] if sweep.seeds else []), state)
     return table
 
 
 def results_table(sweep: Sweep, docs: dict[str, dict]):
+    """One row per configuration of the sweep as it now stands: its completed runs out of all, the mean
+    best val loss with its sample standard deviation, min and max over the seeds (results.aggregate_by_config)."""
     from rich.table import Table
-    table = Table(title=f"sweep {sweep.name}: results")
-    for col in ("run", "status", "best val", "params", "tok/s", "wall"):
-        table.add_column(col, justify="left" if col in ("run", "status") else "right")
-    rows = [docs[r.name] for r in sweep.runs if r.name in docs]
-    rows.sort(key=lambda d: ((d.get("summary") or {}).get("best_val_loss") is None,
-                             (d.get("summary") or {}).get("best_val_loss") or 0.0))
-    for d in rows:
-        s = d.get("summary") or {}
-        params = f"{s['num_params'] / 1e6:.2f}M" if s.get("num_params") else "-"
-        tps = f"{s['tokens_per_s']:,.0f}" if s.get("tokens_per_s") else "-"
-        table.add_row(d["name"], d["status"], fmt_loss(s.get("best_val_loss")), params, tps,
-                      fmt_time(s.get("wall_time_s")))
+    current = [docs[r.name] for r in sweep.runs if r.name in docs]
+    keys = ("best_val_loss", "num_params", "tokens_per_s", "wall_time_s")
+    stats = {k: aggregate_by_config(current, k) for k in keys}  # the same configurations, in order
+    seeds = f" (mean ± sd over {len(sweep.seeds)} seeds)" if sweep.seeds else ""
+    table = Table(title=f"sweep {sweep.name}: results{seeds}")
+    columns = ["configuration" if sweep.seeds else "run", "runs", "best val",
+               *(["± sd", "min", "max"] if seeds else []), "params", "tok/s", "wall"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("run", "configuration") else "right")
+    order = sorted(range(len(stats["best_val_loss"])),
+                   key=lambda i: (stats["best_val_loss"][i]["mean"] is None, stats["best_val_loss"][i]["mean"] or 0.0))
+    for i in order:
+        loss, params, tps, wall = (stats[k][i] for k in keys)
+        total = loss["n"] + loss["failed"] + loss["missing"]
+        runs = f"{loss['n']}/{total}" + (f" ({loss['failed']} failed)" if loss["failed"] else "")
+        spread = [fmt_loss(loss["std"]), fmt_loss(loss["min"]), fmt_loss(loss["max"])] if seeds else []
+        table.add_row(loss["name"], runs, fmt_loss(loss["mean"]), *spread,
+                      f"{params['mean'] / 1e6:.2f}M" if params["mean"] else "-",
+                      f"{tps['mean']:,.0f}" if tps["mean"] else "-", fmt_time(wall["mean"]))
     return table
 
 
@@ -411,7 +435,12 @@ def main(argv: list[str] | None = None) -> dict:
                    "by --jobs); a run's own threads setting wins")
     p.add_argument("--dry_run", action="store_true", help="print the run list and exit")
     p.add_argument("--retry_failed", action="store_true", help="run again the runs that failed earlier")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="train every configuration once per seed: one number is a count (3: seeds 1337, 1338, "
+                        "1339, from train.py's default seed), several are the seeds; replaces the file's seeds:")
     p.add_argument("--csv", help="write the log's latest result per run as a flat table (settings + summary)")
+    p.add_argument("--csv_configs", help="write one row per configuration: runs, failed, seeds, the settings, then "
+                   "the mean, sd, min and max over the seeds of every numeric summary key")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="a setting for every run, on top of the file (not in run names); repeatable")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs train.py")
@@ -425,7 +454,8 @@ def main(argv: list[str] | None = None) -> dict:
     name = launch.check_name(args.name or Path(args.config).stem,
                              "--name" if args.name else f"sweep name (from {args.config}; see --name)")
     from optimization_and_search.sweep_config import load_sweep  # imports torch: only when running a sweep
-    sweep = load_sweep(args.config, name, parse_set(args.set))
+    seeds = None if args.seeds is None else args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    sweep = load_sweep(args.config, name, parse_set(args.set), seeds)
     for w in sweep.warnings:
         print(f"warning: {w}", file=sys.stderr)
     out_root = Path(args.out_root) if args.out_root else Path("out") / name
@@ -466,6 +496,9 @@ def run_sweep(args, sweep: Sweep, out_root: Path, log_path: Path, console) -> di
     if args.csv:
         write_csv(args.csv, list(docs.values()))
         print(f"wrote {args.csv}", flush=True)
+    if args.csv_configs:
+        write_config_csv(args.csv_configs, list(docs.values()))
+        print(f"wrote {args.csv_configs}", flush=True)
     failed = [t.name for t in tasks if t.state in ("failed", "skipped")]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see log_tail in {log_path}", file=sys.stderr)

@@ -21,6 +21,12 @@ The format (explorations/README.md has one example per construct):
   per bundle (the union), `alternates: [[a, b], [c, d]]` the product of several such choices.
 - `conditionals: [{when: {key: value}, set: {...}}]`: `set` (any group body) applies only to the runs whose
   settings match every `when` pair (a list of values matches any of them).
+- `seeds: [1337, 1338, 1339]` or `seeds: 3` (top level; a count starts at train.py's default seed, 1337,
+  which no preset changes): every configuration the rest of the file expands to trains once per seed, as
+  runs named `<configuration>_seed-<seed>`, the first seed for every configuration, then the second, ...
+  (an interrupted sweep has every configuration once before any twice). `seed` itself may then not be
+  set, and without `seeds:` it may not vary (runs that differ only in their seed are one configuration:
+  results.config_key).
 
 Within one group the order is: the settings around it, its own settings, `use` (in order), `alternates`,
 `parameter_groups`, then `conditionals`; a later one wins on the same key.
@@ -44,10 +50,12 @@ import train_args
 from errors import UserError, closest
 from io_utils import read_data_file
 from optimization_and_search import launch
+from optimization_and_search.results import SEED, seed_run_name
 
 LEVEL_KEYS = ("use", "alternates", "parameter_groups", "conditionals")
-TOP_KEYS = ("common_group", "named_groups")
+TOP_KEYS = ("common_group", "named_groups", "seeds")
 MAX_NAME = 80
+MAX_SEED_COUNT = 100  # `seeds: 1337` is surely one seed meant as a list, not 1337 runs per configuration
 _MISSING = object()
 
 
@@ -55,20 +63,43 @@ _MISSING = object()
 class Run:
     name: str
     settings: dict  # flat train.py settings (what the run passes), checked and normalised
+    config: str = ""  # the configuration's name (the run's name without its seed part)
+    seed: int | None = None  # the sweep's seed for this run (None: the sweep has no `seeds:`)
 
 
 @dataclass
 class Sweep:
     name: str
     runs: list[Run]
-    varied: list[str]          # keys whose values differ between runs (they make up the run names)
+    varied: list[str]          # keys whose values differ between configurations (they make up the names)
     fixed: dict                # settings equal in every run (common_group included)
     warnings: list[str] = field(default_factory=list)
+    seeds: list[int] | None = None  # each configuration runs once per seed (None: once, no seed part)
+    configs: int = 0           # configurations (runs / seeds)
 
 
 # ------------------------------------------------------------------------------------------ values
 def _loc(where: str) -> str:
     return f"{where}: " if where else ""
+
+
+def seed_list(raw, where: str = "seeds") -> list[int]:
+    """`seeds:` as the list of seeds: a count N (train.py's default seed and the N - 1 after it) or a
+    list of distinct integers."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if raw < 1:
+            raise UserError(f"{where}: a count of seeds must be at least 1, got {raw}")
+        if raw > MAX_SEED_COUNT:
+            raise UserError(f"{where}: {raw} is a count of seeds (runs per configuration), and more than "
+                            f"{MAX_SEED_COUNT} is surely a mistake; to train with seed {raw}, list it: [{raw}]")
+        seed0 = train_args.setting(SEED).default
+        return [seed0 + i for i in range(raw)]
+    if isinstance(raw, list) and raw and all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+        if len(set(raw)) != len(raw):
+            raise UserError(f"{where}: the seeds must differ, got {raw}")
+        return [train_args.check(SEED, v, where) for v in raw]
+    raise UserError(f"{where} takes a count (3: seeds 1337, 1338, 1339) or a list of distinct integers "
+                    f"([1, 2, 3]), got {raw!r}")
 
 
 def check_key(key, where: str = "") -> None:
@@ -349,9 +380,28 @@ def read_sweep_file(path: str | Path):
     return read_data_file(path, "sweep file", " (sweeps live in explorations/)")
 
 
-def build_sweep(raw, name: str, overrides: dict | None = None) -> Sweep:
-    """Expand and check a parsed sweep file: every key, value and run, names unique."""
+def check_seeds(runs: list[dict], seeds: list[int] | None, where: str) -> None:
+    """`seed` is the sweep's to set when it has seeds, and may not vary without them."""
+    values = list(dict.fromkeys(json.dumps(r.get(SEED)) for r in runs))
+    if seeds is not None and any(SEED in r for r in runs):
+        shown = ", ".join(v for v in values if v != "null")
+        raise UserError(f"the sweep sets 'seed' ({shown}) and {where} gives the seeds; drop 'seed' and list "
+                        "every seed you want in seeds: [...]")
+    if seeds is None and len(values) > 1:
+        shown = ", ".join(v for v in values if v != "null")
+        raise UserError(f"'seed' varies between the runs ({shown}); give the seeds as the top-level "
+                        f"seeds: [{shown}] instead, so that the runs of one configuration are grouped "
+                        "(means and spread over the seeds)")
+
+
+def build_sweep(raw, name: str, overrides: dict | None = None, seeds=None) -> Sweep:
+    """Expand and check a parsed sweep file: every key, value and run, names unique; each configuration
+    once per seed (`seeds`: the file's `seeds:`, or the runner's --seeds, which wins)."""
     runs, hidden, warnings = expand(raw, overrides)
+    where = "--seeds" if seeds is not None else "seeds:"
+    raw_seeds = seeds if seeds is not None else raw.get("seeds")
+    seeds = None if raw_seeds is None else seed_list(raw_seeds, where.rstrip(":"))
+    check_seeds(runs, seeds, where)
     names = run_names(runs, hidden)
     seen: dict[str, int] = {}
     for i, n in enumerate(names):
@@ -370,14 +420,19 @@ def build_sweep(raw, name: str, overrides: dict | None = None) -> Sweep:
             raise UserError(f"run '{n}': {e}") from None
     varied = varied_keys(runs, hidden)
     fixed = {k: v for k, v in runs[0].items() if k not in varied}
-    return Sweep(name=name, runs=[Run(n, r) for n, r in zip(names, runs)], varied=varied, fixed=fixed,
-                 warnings=warnings)
+    if seeds is None:
+        out = [Run(n, r, n) for n, r in zip(names, runs)]
+    else:  # the first seed for every configuration, then the second, ...
+        out = [Run(seed_run_name(n, s), {**r, SEED: s}, n, s) for s in seeds for n, r in zip(names, runs)]
+    return Sweep(name=name, runs=out, varied=varied, fixed=fixed, warnings=warnings, seeds=seeds,
+                 configs=len(runs))
 
 
-def load_sweep(path: str | Path, name: str | None = None, overrides: dict | None = None) -> Sweep:
-    """Read, expand and check a sweep file; its name defaults to the file's stem."""
+def load_sweep(path: str | Path, name: str | None = None, overrides: dict | None = None, seeds=None) -> Sweep:
+    """Read, expand and check a sweep file; its name defaults to the file's stem. `seeds` (a count or
+    a list) replaces the file's `seeds:`."""
     raw = read_sweep_file(path)
     try:
-        return build_sweep(raw, name or Path(path).stem, overrides)
+        return build_sweep(raw, name or Path(path).stem, overrides, seeds)
     except UserError as e:
         raise UserError(f"sweep file {path}: {e}") from None

@@ -1,7 +1,10 @@
-"""analysis/plot_sweep.py: the Pareto front on hand-made points, the PNG, errors for missing keys."""
+"""analysis/plot_sweep.py: the Pareto front on hand-made points, the PNG, errors for missing keys; with
+seeds: points are configuration means with sd error bars, the front over the means, the constant-axis
+warning, bar charts with error bars and a y axis that starts at 0 only when that keeps the differences."""
 from __future__ import annotations
 
 import importlib.util
+import statistics
 
 import pytest
 
@@ -51,7 +54,8 @@ def test_plot_writes_png_with_front_and_bars(tmp_path):
     assert result["varied"] == ["softmax_variant_attn", "n_layer"]  # failed runs are left out
     assert plot_sweep.bar_groups([d for d in plot_sweep.load_log(log) if d["status"] == "completed"],
                                  "softmax_variant_attn", "best_val_loss") == [
-        ("softmax", pytest.approx(1.8), 2), ("consmax", pytest.approx(1.8), 2)]
+        ("softmax", pytest.approx(1.8), pytest.approx(statistics.stdev([2.0, 1.6])), 2),
+        ("consmax", pytest.approx(1.8), pytest.approx(statistics.stdev([1.9, 1.7])), 2)]
     other = plot_sweep.main([str(log), "--x", "macs_per_token", "--y", "best_val_loss", "--logx",
                              "--out", str(tmp_path / "sub" / "macs.png")])
     assert (tmp_path / "sub" / "macs.png").stat().st_size > 0 and other["front"] == result["front"]
@@ -91,3 +95,63 @@ def test_one_point_per_run_its_last_attempt_and_a_damaged_document_skipped(tmp_p
     assert result["points"][result["names"].index("a")] == (1500.0, 1.5)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{log}: document 3 (byte " in err[0] and f"(byte {at})" in err[0]
+
+
+# ------------------------------------------------------------------------------------ seeds and spread
+SEEDED = {  # configuration -> (num_params, best val loss per seed 1, 2, 3)
+    "sva-softmax": (1000, [2.0, 1.0, 1.5]),    # mean 1.5; its seed 2 alone would beat every other run
+    "sva-consmax": (2000, [1.2, 1.4, 1.6]),    # mean 1.4: on the front of the means
+    "sva-relumax": (1000, [1.6, 1.6, 1.6]),    # mean 1.6 at the same cost as softmax: dominated
+}
+
+
+def seeded_log(path, params=None):
+    for seed in (1, 2, 3):
+        for config, (n_params, losses) in SEEDED.items():
+            append_log(path, {"name": f"{config}_seed-{seed}", "status": "completed", "exit_code": 0,
+                              "settings": {"softmax_variant_attn": config.split("-")[1], "seed": seed},
+                              "summary": {"best_val_loss": losses[seed - 1],
+                                          "num_params": params if params is not None else n_params}})
+    append_log(path, {"name": "sva-relumax_seed-4", "status": "failed", "exit_code": 1,
+                      "settings": {"softmax_variant_attn": "relumax", "seed": 4}, "summary": None})
+
+
+def test_points_are_configuration_means_with_error_bars_and_the_front_is_over_the_means(tmp_path):
+    log = tmp_path / "seeded.yaml"
+    seeded_log(log)
+    result = plot_sweep.main([str(log)])
+    png = result["out"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    by_name = {c["name"]: c for c in result["configs"]}
+    assert sorted(by_name) == sorted(SEEDED)
+    for name, (n_params, losses) in SEEDED.items():
+        c = by_name[name]
+        assert c["y"] == pytest.approx(statistics.mean(losses)) and c["y_sd"] == pytest.approx(statistics.stdev(losses))
+        assert c["x"] == n_params and c["x_sd"] == 0.0 and c["n"] == 3 and c["seeds"] == [1, 2, 3]
+    assert by_name["sva-relumax"]["failed"] == 1  # the failed seed is left out and counted
+    assert result["names"] == ["sva-consmax", "sva-softmax", "sva-relumax"]  # numbered by mean loss
+    assert result["front"] == ["sva-softmax", "sva-consmax"]  # per run, softmax's seed 2 alone would be the front
+    assert result["varied"] == ["softmax_variant_attn"]  # never the seed
+    assert result["warnings"] == []
+
+
+def test_constant_x_axis_is_a_warning_not_a_silent_line(tmp_path, capsys):
+    log = tmp_path / "flat.yaml"
+    seeded_log(log, params=5000)
+    result = plot_sweep.main([str(log), "--out", str(tmp_path / "flat.png")])
+    err = capsys.readouterr().err
+    assert "warning: --x num_params is 5000 in every configuration" in err and "best_val_loss" in err
+    assert result["warnings"] and (tmp_path / "flat.png").stat().st_size > 0
+
+
+def test_bar_axis_starts_at_zero_unless_that_hides_the_differences():
+    low, high, from_zero = plot_sweep.bar_limits([("a", 1.50, 0.01, 3), ("b", 1.55, 0.02, 3)])
+    assert not from_zero and 1.0 < low < 1.49 and 1.57 < high < 1.7
+    low, high, from_zero = plot_sweep.bar_limits([("a", 1.0, None, 1), ("b", 3.0, None, 1)])
+    assert from_zero and low == 0.0 and high == pytest.approx(3.15)
+
+
+def test_labels_of_points_on_top_of_each_other_are_merged():
+    points = [(1000.0, 1.5), (1001.0, 1.5001), (2000.0, 1.0), (1500.0, 1.25)]
+    assert plot_sweep.label_groups(points) == [[0, 1], [2], [3]]
+    assert plot_sweep.label_groups([(1.0, 1.0)]) == [[0]]

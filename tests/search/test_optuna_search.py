@@ -304,3 +304,38 @@ def test_failed_trial_is_logged_and_killed_trial_is_redone(char_data, tmp_path):
         check_shape(d)
     st = optuna.load_study(study_name="kill", storage=storage)
     assert st.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+# ------------------------------------------------------------------------------------ seeds
+def test_seeds_train_each_trial_per_seed_and_report_the_mean(char_data, tmp_path):
+    from optimization_and_search.results import aggregate_by_config
+    space = write_space(tmp_path / "seeded.yaml", char_data, {"n_layer": {"int": [1, 2]}})
+    res = run_search(tmp_path, space, "--n_trials", "1", "--seeds", "2")
+    docs = load_log(res["log"])
+    assert [(d["name"], d["status"], d["settings"]["seed"], d["config"]["train"]["seed"]) for d in docs] == [
+        ("trial_0_seed-1337", "completed", 1337, 1337), ("trial_0_seed-1338", "completed", 1338, 1338)]
+    for d in docs:
+        check_shape(d)
+        assert Path(d["out_dir"]) == tmp_path / "out" / "seeded" / "trial_0" / f"seed_{d['settings']['seed']}"
+    losses = [d["summary"]["best_val_loss"] for d in docs]
+    assert docs[0]["optuna"]["values"] == [pytest.approx(sum(losses) / 2)]  # Optuna got the mean
+    assert sorted(docs[0]["optuna"]["intermediate_values"]) == [0, 3, 6] and docs[1]["optuna"]["intermediate_values"] == {}
+    study = optuna.load_study(study_name="seeded", storage=res["storage"])
+    assert study.trials[0].value == pytest.approx(sum(losses) / 2)
+    (config,) = aggregate_by_config(docs)  # one configuration, its spread over the two seeds
+    assert (config["name"], config["n"], config["seeds"]) == ("trial_0", 2, [1337, 1338])
+    with pytest.raises(UserError, match="averages over 2 seed"):
+        run_search(tmp_path, space, "--n_trials", "2", "--study_name", "seeded")
+
+
+def test_seeds_pruned_on_the_first_seed_and_seed_in_the_space_refused(char_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(osearch, "make_pruner", lambda args: AlwaysPrune())
+    space = write_space(tmp_path / "prune.yaml", char_data)
+    res = run_search(tmp_path, space, "--n_trials", "1", "--seeds", "3")
+    (doc,) = load_log(res["log"])  # the later seeds never ran
+    assert (doc["name"], doc["status"], doc["optuna"]["seed"]) == ("trial_0_seed-1337", "pruned", 1337)
+    fixed_seed = write_space(tmp_path / "fixed.yaml", char_data)
+    with pytest.raises(UserError, match="sets 'seed' and --seeds 2 gives the seeds"):
+        run_search(tmp_path, fixed_seed, "--seeds", "2", "--", "--seed", "5")
+    with pytest.raises(UserError, match="--seeds must be at least 1"):
+        run_search(tmp_path, fixed_seed, "--seeds", "0")

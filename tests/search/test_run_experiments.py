@@ -41,6 +41,42 @@ def test_dry_run_prints_the_run_list_and_runs_nothing(tmp_path, char_data, capsy
     assert not (tmp_path / "out").exists() and not (tmp_path / "logs").exists()
 
 
+def test_dry_run_shows_configurations_times_seeds(tmp_path, char_data, capsys):
+    config = write_sweep(tmp_path, char_data, "softmax_variant_attn: [softmax, consmax]\nseeds: [1, 2, 3]\n")
+    result = main(sweep_args(tmp_path, config, "--dry_run"))
+    out = " ".join(capsys.readouterr().out.split())  # the table wraps its caption
+    assert "2 configurations x 3 seeds = 6 runs" in out and "seeds: 1, 2, 3" in out
+    assert [t.name for t in result["tasks"]][:3] == ["sva-softmax_seed-1", "sva-consmax_seed-1", "sva-softmax_seed-2"]
+    assert result["tasks"][0].settings["seed"] == 1
+    result = main(sweep_args(tmp_path, config, "--dry_run", "--seeds", "2"))  # a count from train.py's default
+    assert [t.name for t in result["tasks"]][:2] == ["sva-softmax_seed-1337", "sva-consmax_seed-1337"]
+    assert len(result["tasks"]) == 4
+    assert len(main(sweep_args(tmp_path, config, "--dry_run", "--seeds", "5", "9"))["tasks"]) == 4  # the seeds
+    with pytest.raises(UserError, match="--seeds: 1337 is a count of seeds"):
+        main(sweep_args(tmp_path, config, "--dry_run", "--seeds", "1337"))
+
+
+def test_a_seeded_sweep_runs_each_seed_once_and_reports_per_configuration(tmp_path, char_data, capsys):
+    config = write_sweep(tmp_path, char_data, "n_layer: 1\nseeds: [1, 2]\n", name="seeded")
+    result = main(sweep_args(tmp_path, config, "--jobs", "2", "--csv", str(tmp_path / "runs.csv"),
+                             "--csv_configs", str(tmp_path / "configs.csv")))
+    assert result["ran"] == ["run_seed-1", "run_seed-2"]
+    docs = sorted(load_log(tmp_path / "logs" / "seeded.yaml"), key=lambda d: d["name"])  # in the order they ended
+    assert [(d["name"], d["settings"]["seed"], d["config"]["train"]["seed"]) for d in docs] == [
+        ("run_seed-1", 1, 1), ("run_seed-2", 2, 2)]
+    losses = [d["summary"]["best_val_loss"] for d in docs]
+    out = capsys.readouterr().out
+    assert "results (mean ± sd over 2 seeds)" in out and "2/2" in out
+    with open(tmp_path / "configs.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["configuration"], row["runs"], row["seeds"]) == ("run", "2", "1 2")
+    assert float(row["best_val_loss_mean"]) == pytest.approx(sum(losses) / 2)
+    with open(tmp_path / "runs.csv", newline="") as f:
+        assert sorted((r["name"], r["configuration"]) for r in csv.DictReader(f)) == [
+            ("run_seed-1", "run"), ("run_seed-2", "run")]
+    assert main(sweep_args(tmp_path, config))["ran"] == []  # each seed's run is a run: resumed as one
+
+
 def test_cli_errors_are_one_line(tmp_path, char_data):
     config = write_sweep(tmp_path, char_data, "n_layr: [1, 2]\n")
     r = run_script("optimization_and_search/run_experiments.py", *sweep_args(tmp_path, config, "--dry_run"))
@@ -166,8 +202,8 @@ def test_rows_for_csv():
          "summary": {"best_val_loss": 1.0, "dtype": "float32"}},
         {"name": "b", "status": "failed", "exit_code": 2, "settings": {"attention_variant_layerlist": ["causal", "linear"]},
          "summary": None}])
-    assert columns == ["name", "status", "exit_code", "out_dir", "started_at", "finished_at", "n_layer", "dtype",
-                       "attention_variant_layerlist", "best_val_loss", "summary_dtype"]
+    assert columns == ["name", "configuration", "status", "exit_code", "out_dir", "started_at", "finished_at",
+                       "n_layer", "dtype", "attention_variant_layerlist", "best_val_loss", "summary_dtype"]
     assert rows[1]["attention_variant_layerlist"] == "causal linear" and rows[1]["exit_code"] == 2
     assert rows[0]["summary_dtype"] == "float32" and rows[0]["best_val_loss"] == 1.0
 

@@ -311,3 +311,46 @@ def test_shipped_explorations_are_valid():
     for f in files:
         sweep = load_sweep(f)
         assert sweep.runs and not sweep.warnings, f
+
+
+# ----------------------------------------------------------------------------------- seeds
+def test_seeds_run_every_configuration_once_per_seed_seed_major():
+    sweep = build_sweep({"n_layer": [1, 2], "max_iters": 5, "seeds": [7, 8, 9]}, "t")
+    assert (sweep.configs, sweep.seeds, sweep.varied) == (2, [7, 8, 9], ["n_layer"])
+    assert sweep.fixed == {"max_iters": 5}
+    assert [r.name for r in sweep.runs] == ["nl-1_seed-7", "nl-2_seed-7", "nl-1_seed-8", "nl-2_seed-8",
+                                            "nl-1_seed-9", "nl-2_seed-9"]
+    assert [(r.config, r.seed) for r in sweep.runs[:3]] == [("nl-1", 7), ("nl-2", 7), ("nl-1", 8)]
+    assert sweep.runs[0].settings == {"n_layer": 1, "max_iters": 5, "seed": 7}
+    # a count starts at train.py's default seed; a single configuration is `run`
+    counted = build_sweep({"n_layer": 1, "seeds": 2}, "t")
+    assert [r.name for r in counted.runs] == ["run_seed-1337", "run_seed-1338"] and counted.configs == 1
+    # the runner's --seeds replaces the file's
+    assert build_sweep({"n_layer": [1], "seeds": 3}, "t", seeds=[5, 6]).seeds == [5, 6]
+    assert build_sweep({"n_layer": [1]}, "t", seeds=1).seeds == [1337]
+    no_seeds = build_sweep({"n_layer": [1, 2]}, "t")
+    assert no_seeds.seeds is None and [(r.name, r.config, r.seed) for r in no_seeds.runs] == [
+        ("nl-1", "nl-1", None), ("nl-2", "nl-2", None)]
+
+
+@pytest.mark.parametrize("raw, seeds, message", [
+    ({"n_layer": 1, "seed": [1, 2]}, None, r"'seed' varies between the runs \(1, 2\); give the seeds as the "
+                                           r"top-level seeds: \[1, 2\] instead"),
+    ({"n_layer": 1, "parameter_groups": [{"seed": 1}, {"seed": 2}]}, None, "'seed' varies between the runs"),
+    ({"n_layer": 1, "seed": 5, "seeds": 2}, None, r"the sweep sets 'seed' \(5\) and seeds: gives the seeds"),
+    ({"n_layer": 1, "common_group": {"seed": 5}}, 3, r"the sweep sets 'seed' \(5\) and --seeds gives the seeds"),
+    ({"n_layer": 1, "seeds": 1337}, None, r"seeds: 1337 is a count of seeds .* list it: \[1337\]"),
+    ({"n_layer": 1, "seeds": 0}, None, "a count of seeds must be at least 1"),
+    ({"n_layer": 1, "seeds": [1, 1]}, None, "the seeds must differ"),
+    ({"n_layer": 1, "seeds": [1, "two"]}, None, r"seeds takes a count \(3: seeds 1337, 1338, 1339\) or a list"),
+    ({"n_layer": 1, "seeds": []}, None, "seeds takes a count"),
+    ({"n_layer": 1, "parameter_groups": [{"seeds": 2}]}, None, "'seeds' belongs at the top of the sweep file"),
+])
+def test_seed_errors(raw, seeds, message):
+    with pytest.raises(UserError, match=message):
+        build_sweep(raw, "t", seeds=seeds)
+
+
+def test_a_fixed_seed_without_seeds_is_still_a_plain_setting():
+    sweep = build_sweep({"n_layer": [1, 2], "seed": 42}, "t")
+    assert [r.name for r in sweep.runs] == ["nl-1", "nl-2"] and sweep.fixed == {"seed": 42}

@@ -178,7 +178,6 @@ class Objective:
         return self.study_dir / f"trial_{number}"
 
     def __call__(self, trial):
-        import optuna
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
         values = {p.name: p.suggest(trial) for p in self.space.params}

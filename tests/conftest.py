@@ -83,5 +83,9 @@ def bad_ids_copy(data_dir: Path, out: Path, bad_id: int = 60000) -> Path:
 
 @pytest.fixture(autouse=True)
 def _deterministic():
+    """Seeded, and the TF32 switches as they were: train.py turns TF32 on for CUDA runs, which would
+    loosen every later fp32 comparison on a GPU (the fused attention follows the flag too)."""
     torch.manual_seed(0)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

@@ -151,16 +151,18 @@ def test_describe_names_the_paths():
 
 
 def test_training_with_triton_matches_torch(char_data, tmp_path):
-    """A short run of the debug preset: the same losses with the fused kernels as with the reference."""
+    """A short run of the debug preset: the same losses with the fused kernels as with the reference.
+    float32 (auto would be bf16 on a GPU, where the two paths round differently); on a GPU train.py
+    turns TF32 on, and both paths then multiply in TF32: a looser tolerance there."""
     runs = {}
     for kernel in ("torch", "triton"):
         out = tmp_path / kernel
         summary = train.main(["--preset", "debug", "--dataset", str(char_data), "--out_dir", str(out),
                               "--softmax_variant_attn", "consmax", "--max_iters", "6", "--eval_interval", "3",
-                              "--softmax_kernel", kernel, "--device", DEVICE])
+                              "--softmax_kernel", kernel, "--device", DEVICE, "--dtype", "float32"])
         assert summary["softmax_kernel"] == kernel
         runs[kernel] = [r for r in read_metrics(out) if "loss" in r]
     assert len(runs["torch"]) == len(runs["triton"]) > 0
     for a, b in zip(runs["torch"], runs["triton"]):
         assert a["iter"] == b["iter"]
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4 if DEVICE == "cpu" else 2e-3)

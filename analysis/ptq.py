@@ -393,6 +393,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--checkpoint", "--ckpt", choices=CHECKPOINT_CHOICES, default="best",
                    help="which checkpoint of the run (--ckpt as in export.py)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=None, help="torch's intra-op CPU threads (as train.py --threads): "
+                   "on a busy machine, the free cores")
     w = p.add_argument_group("weights")
     w.add_argument("--weight_bits", metavar="BITS", help=f"bits of every 2-D weight ({MIN_BITS}..{MAX_BITS}; {FULL}: full precision, "
                                          "the default)")
@@ -452,6 +454,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not run.is_run():
         raise UserError(f"{run.path} is not a ppa-gpt run (no config.json with model and train sections); give "
                         "the --out_dir of a train.py run")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = choose_device(args.device)
     model, tokenizer, ckpt = load_run(run.path, args.checkpoint, device)
     train = ckpt.get("train_config") or run.read_config()["train"]

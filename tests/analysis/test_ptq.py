@@ -250,6 +250,7 @@ BAD = {
     "sweep_and_export": (["--sweep", "--export", "EXPORT"], "drop --export"),
     "sweep_and_bits": (["--sweep", "--weight_bits", "8"], "drop --weight_bits"),
     "eval_iters": (["--eval_iters", "0"], "--eval_iters must be at least 1"),
+    "threads": (["--threads", "0"], "--threads must be at least 1"),
 }
 
 

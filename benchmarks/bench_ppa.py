@@ -52,7 +52,6 @@ import numpy as np
 import torch
 
 from benchmarks import bench_variants as bv
-from devices import choose_device, choose_dtype
 from errors import ArgumentParser, UserError, run_cli
 from gpt_conf import GPTConfig, component_flags
 from ppa.estimate import estimate, prefill_counts, price_row
@@ -381,23 +380,12 @@ def print_report(result: dict):
 
 # ------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        return run(args, argv)
-    finally:
-        torch.set_num_threads(threads)  # main may be called in-process (tests): leave torch as it was
+    return bv.with_threads(parse_args(argv), run, argv)
 
 
 def run(args, argv: list[str] | None) -> dict:
-    device = choose_device(args.device, None)
-    dtype = choose_dtype(args.dtype, device)
+    device, dtype = bv.device_and_dtype(args)
     target = load_target(args.target)  # a bad target fails here, before any timing
-    if device.type == "cuda":  # as train.py
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     bench = bv.Bench(args, device, dtype)
     GPTConfig(**bench.sizes)  # bad sizes are the user's error, not a variant's failure
     started, load_before = time.perf_counter(), bv.loadavg()

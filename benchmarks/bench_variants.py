@@ -419,23 +419,32 @@ def loadavg() -> float | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def with_threads(args, run, argv: list[str] | None) -> dict:
+    """run(args, argv) under --threads; main may be called in-process (tests): torch is left as it was."""
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         return run(args, argv)
     finally:
-        torch.set_num_threads(threads)  # main may be called in-process (tests): leave torch as it was
+        torch.set_num_threads(threads)
+
+
+def device_and_dtype(args) -> tuple[torch.device, torch.dtype]:
+    """--device and --dtype resolved as train.py does (TF32 matmuls on CUDA)."""
+    device = choose_device(args.device, None)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, choose_dtype(args.dtype, device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return with_threads(parse_args(argv), run, argv)
 
 
 def run(args, argv: list[str] | None) -> dict:
-    device = choose_device(args.device, None)
-    dtype = choose_dtype(args.dtype, device)
-    if device.type == "cuda":  # as train.py
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device, dtype = device_and_dtype(args)
     bench = Bench(args, device, dtype)
     GPTConfig(**bench.sizes)  # bad sizes are the user's error, not a variant's failure
     started, load_before = time.perf_counter(), loadavg()

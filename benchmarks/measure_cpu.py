@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from errors import ArgumentParser, UserError, run_cli
 from ppa.tables import load_target
+from provenance import device_name
 
 
 def _best_seconds(fn, repeats: int) -> float:
@@ -42,16 +42,6 @@ def _best_seconds(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _clock_ghz() -> float | None:
@@ -119,7 +109,7 @@ def measure(n: int = 2048, repeats: int = 20, copy_mib: int = 512, vector_elems:
     out["special_ops_per_s"] = calls * vector_elems / _best_seconds(exp, repeats)
     llc = _last_level_cache()
     out.update(clock_ghz=_clock_ghz(), dram_bytes=_mem_bytes(), onchip_bytes=llc[1] if llc else None,
-               llc_level=llc[0] if llc else None, cpu_model=_cpu_model(), cores=os.cpu_count(),
+               llc_level=llc[0] if llc else None, cpu_model=device_name("cpu"), cores=os.cpu_count(),
                torch_version=torch.__version__, date=datetime.date.today().isoformat(),
                settings={"n": n, "repeats": repeats, "copy_mib": copy_mib, "vector_elems": vector_elems})
     return out

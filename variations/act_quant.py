@@ -128,12 +128,15 @@ class SiteQuant(nn.Module):
 
     @torch.no_grad()
     def _observe(self, lo: torch.Tensor, hi: torch.Tensor, ema: bool):
-        if not bool(self.seen):
-            self.lo.copy_(lo), self.hi.copy_(hi), self.seen.fill_(True)
-        elif ema:
-            self.lo.lerp_(lo, EMA_MOMENTUM), self.hi.lerp_(hi, EMA_MOMENTUM)
-        else:  # calibration: the widest range seen
-            self.lo.copy_(torch.minimum(self.lo, lo)), self.hi.copy_(torch.maximum(self.hi, hi))
+        """Start the range from the first batch, then a moving average (training) or the widest range
+        seen (calibration); branch-free on `seen`, so a training step does not wait for the device."""
+        if ema:
+            w = torch.where(self.seen, EMA_MOMENTUM, 1.0)
+            self.lo.lerp_(lo, w), self.hi.lerp_(hi, w)
+        else:
+            self.lo.copy_(torch.where(self.seen, torch.minimum(self.lo, lo), lo))
+            self.hi.copy_(torch.where(self.seen, torch.maximum(self.hi, hi), hi))
+        self.seen.fill_(True)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """x, fake-quantised; `keep` (broadcastable bool) marks the entries that count for the range."""

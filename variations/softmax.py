@@ -26,18 +26,14 @@ Triton kernels (variations/triton_softmax.py, triton_attention.py; --softmax_ker
 same functions fused. `kernel_spec(x) -> (transform, params)` tells them which score transform a
 variant is and its scalars as a (G, 4) fp32 tensor (learned scalars first, kept differentiable).
 
-Scale of the elementwise family. Without a row sum, a variant's constants alone set how large its
-weights are, and so how strong attention is at initialisation, and Adam moves a learned scalar by
-about the learning rate per step, so a bad initial scale stays for the whole run (RESULTS.md, issue 15).
-The defaults follow each paper, with the sequence length taken as --block_size (a constant, so the
-weights stay elementwise under the causal mask and the KV cache, where the row length varies):
-  relumax     relu(x) / L, as Wortsman et al. (2023) divide ReLU attention by the sequence length L;
-  sigmoidmax  sigmoid(x - ln L), the bias -log(n) of Ramapuram et al. (2024), divisor 1;
-  consmax     initial gamma (L / 2) e^-beta: an average causal row of L / 2 keys then sums to about 1
-              at initialisation, as a softmax row does (the paper gives no initial value).
-The earlier constants stay reachable: --relumax_divisor 256, --sigmoidmax_bias 0 --sigmoidmax_divisor
-256, --consmax_gamma_init 100 (ReaLLM-Forge's). relu2max, softplusmax and squareplus_max keep their
-constant divisor, default 256 (the default --block_size).
+Scale of the elementwise family. Without a row sum, the constants alone set attention's strength, and
+Adam moves a learned scalar by about the learning rate per step, so the initial scale stays for the whole
+run (docs/reproductions.md). Defaults follow each paper with the sequence length L = --block_size (a
+constant: weights stay elementwise under the causal mask and KV cache): relumax relu(x) / L (Wortsman et
+al., 2023); sigmoidmax sigmoid(x - ln L) (Ramapuram et al., 2024: bias -log n); consmax initial gamma
+(L / 2) e^-beta, so an average causal row of L / 2 keys starts summing to about 1, as softmax's (the
+paper gives no value). Earlier constants: --relumax_divisor 256, --sigmoidmax_bias 0 --sigmoidmax_divisor
+256, --consmax_gamma_init 100 (ReaLLM-Forge's). relu2max, softplusmax, squareplus_max divide by 256.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import shlex
 import statistics
 import sys
 import tempfile
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--seeds: each seed once")
     base = ["--preset", args.preset, "--no-compile"]
     for extra in args.extra:
-        base += extra.split()
+        base += shlex.split(extra)
     if args.iters:
         base += ["--max_iters", str(args.iters), "--lr_decay_iters", str(args.iters)]
     mc, tc, meta, _ = train.build_configs(train_args.parse_args(base))
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ours": {"runs": runs["ours"], **spread(ours)}, "nanogpt": {"runs": runs["nanogpt"], **spread(theirs)},
         "difference": test, "agree_within_noise": agree,
         "provenance": provenance(device, torch.get_num_threads(), data_dir),
-        "command": "python benchmarks/repro_nanogpt.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/repro_nanogpt.py " + shlex.join(sys.argv[1:] if argv is None else argv),
     }
     print_table(result)
     args.json.parent.mkdir(parents=True, exist_ok=True)

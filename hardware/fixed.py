@@ -37,11 +37,12 @@ The units (formulas of the variants' docstrings in variations/softmax.py):
               in_bits - in_frac + 7 integer bits) reloaded when they change; t = x log2(e) - c, then the
               exponential as above, its result shifted to out_frac. No max, no sum, no divider, no
               multiply by 1/gamma, no state (as ConSmax's merged constants: Liu et al., 2024).
-  relumax     relu(x) * K, K = round(2^CF / divisor), CF = out_frac + 8: a constant multiply.
+  relumax     relu(x) * K, K = round(2^CF / divisor): a constant multiply; CF gives the smallest constant
+              out_bits + 4 significant bits (CF = out_bits + 4 + ceil(log2 divisor)).
   sigmoidmax  sigmoid(z) * K, z = x + bias (a constant; 0 unless the variant has one), sigmoid(|z|) =
               floor(2^2P / (2^P + e(-|z|))) (a divider per element), 2^P minus that for z < 0.
   polymax     0 for x < x0; (x - x0) * y0 / (-x0) / divisor for x0 <= x < 0; (x^p + y0) / divisor for
-              x >= 0 (p an integer); constants quantised to CF fractional bits.
+              x >= 0 (p an integer); constants quantised to CF (CFA for the slope) fractional bits.
 
 Row length (`row`) sizes the running sum of the normalising units (P + 1 + ceil(log2 row) bits); the
 elementwise units do not depend on it.
@@ -113,7 +114,10 @@ class Unit:
             p = self.consts.get("power", 2.0)
             if p != int(p) or not 1 <= p <= 3:
                 raise UserError(f"polymax in hardware needs an integer --polymax_power in 1..3 (x^p by multiplies), got {p}")
-            if int(p) * self.in_bits + self.CF + 2 > 62:
+            c = constants(self)
+            widest = max(2 ** (int(p) * (self.in_bits - 1)) * c["KD"] + c["Y0"],
+                         (2 ** (self.in_bits - 1) - c["X0"]) * c["KA"])
+            if widest >= 2 ** 62:
                 raise UserError(f"polymax x^{int(p)} at {self.in_bits} input bits needs more than 62-bit products; "
                                 "use fewer bits or a lower power")
 
@@ -128,7 +132,15 @@ class Unit:
 
     @property
     def CF(self) -> int:
-        return self.out_frac + 8
+        """Fractional bits of the constant multipliers: out_bits + 4 significant bits for the smallest."""
+        return _const_frac(self.out_bits, 1.0 / float(self.consts.get("divisor", 256.0)))
+
+    @property
+    def CFA(self) -> int:
+        """polymax: fractional bits of the slope y0 / (-x0) / divisor of its linear piece."""
+        c = self.consts
+        return _const_frac(self.out_bits, float(c.get("y0", 1.0)) / -float(c.get("x0", -100.0)) /
+                           float(c.get("divisor", 256.0)))
 
     @property
     def OW(self) -> int:
@@ -159,6 +171,13 @@ class Unit:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _const_frac(out_bits: int, smallest: float) -> int:
+    """Fractional bits that give a constant multiplier `smallest` out_bits + 4 significant bits."""
+    if not smallest > 0:
+        return out_bits + 4
+    return out_bits + 4 + max(0, math.ceil(-math.log2(smallest)))
 
 
 # ----------------------------------------------------------------------------------- shared pieces
@@ -245,22 +264,23 @@ def constants(unit: Unit) -> dict:
         return {"K": round(2 ** unit.CF / divisor), "B": round(float(c.get("bias", 0.0)) * 2 ** unit.in_frac)}
     if unit.variant == "polymax":
         x0, y0, p = float(c.get("x0", -100.0)), float(c.get("y0", 1.0)), int(c.get("power", 2.0))
-        return {"X0": round(x0 * 2 ** unit.in_frac), "KA": round(y0 / (-x0) / divisor * 2 ** unit.CF),
+        return {"X0": round(x0 * 2 ** unit.in_frac), "KA": round(y0 / (-x0) / divisor * 2 ** unit.CFA),
                 "KD": round(2 ** unit.CF / divisor), "Y0": round(y0 / divisor * 2 ** (p * unit.in_frac + unit.CF)),
                 "p": p}
     return {}
 
 
 # ----------------------------------------------------------------------------------- the models
-def model(unit: Unit, x: torch.Tensor, keep: torch.Tensor | None = None, params: dict | None = None) -> torch.Tensor:
+def model(unit: Unit, x: torch.Tensor, keep: torch.Tensor | None = None, params: dict | None = None,
+          check: bool = True) -> torch.Tensor:
     """The unit's output integers for input integers x (int64, (..., row_len)); keep: bool, same shape.
 
     Rows are the last axis (normalising units); elementwise units ignore the shape. `params` holds
-    consmax's registers (quantise_params)."""
+    consmax's offset register (quantise_params). `check` verifies the inputs fit in_bits (a device sync)."""
     x = x.to(torch.int64)
     keep = torch.ones_like(x, dtype=torch.bool) if keep is None else keep.expand_as(x)
     lo, hi = -2 ** (unit.in_bits - 1), 2 ** (unit.in_bits - 1) - 1
-    if int(x.min()) < lo or int(x.max()) > hi:
+    if check and x.numel() and (int(x.min()) < lo or int(x.max()) > hi):
         raise ValueError(f"inputs outside {unit.in_bits} signed bits")
     if unit.variant in STREAMING and x.size(-1) > unit.row:
         raise UserError(f"rows of {x.size(-1)} keys exceed the unit's row length {unit.row}; generate it with a longer row")
@@ -325,7 +345,7 @@ def _sigmoidmax(unit, x, keep, params):
 
 def _polymax(unit, x, keep, params):
     c = constants(unit)
-    neg = ((x - c["X0"]) * c["KA"]) >> (unit.in_frac + unit.CF - unit.out_frac)
+    neg = ((x - c["X0"]) * c["KA"]) >> (unit.in_frac + unit.CFA - unit.out_frac)
     pos = (x ** c["p"] * c["KD"] + c["Y0"]) >> (c["p"] * unit.in_frac + unit.CF - unit.out_frac)
     y = torch.where(x < c["X0"], torch.zeros_like(x), torch.where(x < 0, neg, pos))
     return saturate(unit, y)

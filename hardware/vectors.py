@@ -132,3 +132,28 @@ def verify(unit: Unit, n_random: int = 30, seed: int = 0) -> Check:
                 bad.append((str(c), int(expected[i]), y[i]))
         compared = len(cycles)
     return Check(unit=unit.name, compared=compared, mismatches=bad[:10])
+
+
+def error_lsb(unit: Unit, normaliser, n_random: int = 30, seed: int = 0) -> float:
+    """The largest |model - float variant| over the edge-case and random vectors, in output LSBs.
+
+    The float variant (a built normaliser) runs on the same input values (X / 2^in_frac) and its
+    output is saturated to the unit's output range, so the figure is the unit's own error, not the
+    input rounding or the output range. consmax's float beta and gamma are the normaliser's."""
+    top = 2 ** unit.out_bits - 1
+    if unit.variant in fixed.STREAMING:
+        x, keep, lengths = edge_rows(unit, n_random, seed)
+        for r, n in enumerate(lengths):
+            keep[r, n:] = False
+        params = {}
+    else:
+        x, keep, _ = edge_keys(unit, 20 * n_random, seed)
+        x, keep = x.view(1, -1), keep.view(1, -1)
+        params = {}
+        if unit.variant == "consmax":
+            params = fixed.quantise_params(unit, float(normaliser.beta), float(normaliser.gamma))
+    y = fixed.model(unit, x, keep, params).double()
+    with torch.no_grad():
+        ref = normaliser(x.double() / 2 ** unit.in_frac, keep).double() * 2 ** unit.out_frac
+    ref = ref.clamp(max=top)
+    return float((y - ref).abs().max())

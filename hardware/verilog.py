@@ -212,7 +212,7 @@ def _polymax(unit: Unit) -> list[str]:
     ib, c = unit.in_bits, fixed.constants(unit)
     p = c["p"]
     nw = max(ib, bits(abs(c["X0"])) + 1) + 1
-    nsh = unit.in_frac + unit.CF - unit.out_frac
+    nsh = unit.in_frac + unit.CFA - unit.out_frac
     psh = p * unit.in_frac + unit.CF - unit.out_frac
     nprod = max(nw + bits(c["KA"]), unit.out_bits + 1 + nsh)
     ppw = max(p * (ib - 1) + bits(c["KD"]), bits(c["Y0"])) + 1

@@ -18,25 +18,11 @@ from pathlib import Path
 
 from errors import ArgumentParser, UserError, run_cli
 from hardware import fixed, results, tools
+from hardware.build import build_unit
 from hardware.fixed import Unit
 from io_utils import atomic_write_json
 
 DEFAULT_OUT = Path("out") / "rtl"
-
-
-def build_unit(variant: str, in_bits: int = 8, out_bits: int = 8, row: int = 256, in_frac=None, out_frac=None,
-               exp=None, lut_bits=None) -> Unit:
-    """The unit of `variant` at these widths, its constants the variant's defaults (a GPTConfig's)."""
-    from gpt_conf import GPTConfig
-    from hardware.forward import unit_for
-    from variations.registry import create
-    if variant not in fixed.UNITS:
-        from errors import unknown_name_message
-        raise UserError(unknown_name_message("normaliser with a hardware unit", variant, fixed.UNITS))
-    Unit(variant, in_bits=in_bits, out_bits=out_bits, row=row, in_frac=in_frac, exp=exp)  # widths checked first
-    normaliser = create("softmax", variant, GPTConfig(block_size=row))
-    return unit_for(variant, normaliser, in_bits=in_bits, out_bits=out_bits, row=row, in_frac=in_frac,
-                    out_frac=out_frac, exp=exp, lut_bits=lut_bits)
 
 
 def synth_and_save(unit: Unit, out: Path | None) -> dict:

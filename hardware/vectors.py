@@ -151,7 +151,7 @@ def error_lsb(unit: Unit, normaliser, n_random: int = 30, seed: int = 0) -> floa
         x, keep = x.view(1, -1), keep.view(1, -1)
         params = {}
         if unit.variant == "consmax":
-            params = fixed.quantise_params(unit, float(normaliser.beta), float(normaliser.gamma))
+            params = fixed.quantise_params(unit, float(normaliser.beta.detach()), float(normaliser.gamma.detach()))
     y = fixed.model(unit, x, keep, params).double()
     with torch.no_grad():
         ref = normaliser(x.double() / 2 ** unit.in_frac, keep).double() * 2 ** unit.out_frac

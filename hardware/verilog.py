@@ -84,7 +84,7 @@ def exp_module(unit: Unit, name: str, dw: int, offset: int = 0) -> str:
               f"  wire [{sa - 1}:0] rsh = nq[{sa - 1}:0];",
               f"  wire [{w - 1}:0] vw = v;",
               f"  assign e = (q > {qmax}) ? {{{ew}{{1'b1}}}} : (q < -{P + 1}) ? {lit(0, ew)} :",
-              f"             (q >= 0) ? (vw << lsh) : (vw >> rsh);",
+              "             (q >= 0) ? (vw << lsh) : (vw >> rsh);",
               "endmodule", ""]
     return "\n".join(lines)
 

@@ -14,6 +14,8 @@ elementwise units get single keys. Edge cases first, then random ones:
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +79,7 @@ def edge_keys(unit: Unit, n_random: int, seed: int) -> tuple[torch.Tensor, torch
         k = len(base)
         offset[:k // 4] = -omax - 1  # the exponential saturates
         offset[k // 4:k // 2] = omax  # everything underflows to 0
-        offset[k // 2:3 * k // 4] = fixed.quantise_params(unit, 2.5, 100.0)["offset"]  # the default init
+        offset[k // 2:3 * k // 4] = fixed.quantise_params(unit, 2.5, 100.0)["offset"]  # ReaLLM-Forge's init (beta 2.5, gamma 100)
         params = {"offset": offset}
     return x, keep, params
 
@@ -139,7 +141,8 @@ def error_lsb(unit: Unit, normaliser, n_random: int = 30, seed: int = 0) -> floa
 
     The float variant (a built normaliser) runs on the same input values (X / 2^in_frac) and its
     output is saturated to the unit's output range, so the figure is the unit's own error, not the
-    input rounding or the output range. consmax's float beta and gamma are the normaliser's."""
+    input rounding or the output range. consmax's float beta and gamma are the normaliser's; sigmoidmax's
+    float bias is the unit's (rounded to the input's step, as the unit adds it to the input)."""
     top = 2 ** unit.out_bits - 1
     if unit.variant in fixed.STREAMING:
         x, keep, lengths = edge_rows(unit, n_random, seed)
@@ -152,6 +155,9 @@ def error_lsb(unit: Unit, normaliser, n_random: int = 30, seed: int = 0) -> floa
         params = {}
         if unit.variant == "consmax":
             params = fixed.quantise_params(unit, float(normaliser.beta.detach()), float(normaliser.gamma.detach()))
+        if unit.variant == "sigmoidmax":  # the bias as the unit adds it: in the input's format (rounded)
+            normaliser = copy.copy(normaliser)
+            normaliser.b = normaliser.bias = fixed.constants(unit)["B"] / 2 ** unit.in_frac
     y = fixed.model(unit, x, keep, params).double()
     with torch.no_grad():
         ref = normaliser(x.double() / 2 ** unit.in_frac, keep).double() * 2 ** unit.out_frac

@@ -556,7 +556,7 @@ class SigmoidMax(_ActivationOverDivisor):
     def __init__(self, config):
         super().__init__(config)
         bias = config.sigmoidmax_bias
-        self.b = -math.log(config.block_size) if bias is None else float(bias)  # kernel slot 2
+        self.b = self.bias = -math.log(config.block_size) if bias is None else float(bias)  # kernel slot 2
 
     def activation(self, s):
         return torch.sigmoid(s + self.b)

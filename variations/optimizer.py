@@ -49,9 +49,10 @@ def decay_groups(model: nn.Module, weight_decay: float, params=None) -> list[dic
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def _fused(cls, device_type: str) -> dict:
-    """fused=True (one kernel for all tensors) where torch has it for this optimiser and device."""
-    ok = device_type in ("cuda", "cpu") and "fused" in inspect.signature(cls).parameters
+def _fused(cls, device_type: str, fsdp: bool = False) -> dict:
+    """fused=True (one kernel for all tensors) where torch has it for this optimiser and device; not on
+    FSDP-sharded parameters (DTensor has no sharding rule for the fused SGD kernel)."""
+    ok = device_type in ("cuda", "cpu") and not fsdp and "fused" in inspect.signature(cls).parameters
     return {"fused": True} if ok else {}
 
 
@@ -102,7 +103,7 @@ class Adam(OptimizerVariant):
     def build(self, model, device_type):
         tc = self.tc
         return torch.optim.Adam(decay_groups(model, tc.weight_decay), lr=tc.learning_rate, betas=(tc.beta1, tc.beta2),
-                                **_fused(torch.optim.Adam, device_type))
+                                **_fused(torch.optim.Adam, device_type, tc.fsdp))
 
 
 @register("optimizer", "sgd", knobs=[SGD_MOMENTUM, SGD_NESTEROV])
@@ -121,7 +122,7 @@ class SGD(OptimizerVariant):
     def build(self, model, device_type):
         tc = self.tc
         return torch.optim.SGD(decay_groups(model, tc.weight_decay), lr=tc.learning_rate, momentum=tc.sgd_momentum,
-                               nesterov=tc.sgd_nesterov, **_fused(torch.optim.SGD, device_type))
+                               nesterov=tc.sgd_nesterov, **_fused(torch.optim.SGD, device_type, tc.fsdp))
 
 
 class Lion(torch.optim.Optimizer):

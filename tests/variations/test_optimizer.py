@@ -146,8 +146,8 @@ TRAIN_FLAGS = {"adamw": ["--learning_rate", "3e-3"], "adam": ["--learning_rate",
 
 def _train(char_data, out, name, *flags):
     return train.main(["--preset", "debug", "--dataset", str(char_data), "--out_dir", str(out), "--device", "cpu",
-                       "--optimizer", name, *TRAIN_FLAGS[name], "--eval_interval", "8", "--log_interval", "1", "--lr_decay_iters", "16",
-                       "--dropout", "0.1", *flags])
+                       "--optimizer", name, *TRAIN_FLAGS[name], "--eval_interval", "8", "--log_interval", "1",
+                       "--lr_decay_iters", "16", "--dropout", "0.1", *flags])
 
 
 def test_every_optimizer_has_training_flags_here():
@@ -212,3 +212,48 @@ def test_muon_checkpoint_holds_both_parts(char_data, tmp_path):
     assert all("momentum_buffer" in s for s in state["muon"]["state"].values())
     assert state["muon"]["param_groups"][0]["lr_scale"] == pytest.approx(0.03 / 3e-3)
     copy.deepcopy(state)  # plain tensors and numbers
+
+
+def test_optimizers_and_knobs_are_sweepable():
+    """A sweep varies --optimizer and its knobs like any setting, checked before anything runs."""
+    from optimization_and_search.sweep_config import build_sweep
+    import train_args
+    sweep = build_sweep({"common_group": {"preset": "debug"},
+                         "parameter_groups": [{"optimizer": "adamw"},
+                                              {"optimizer": "muon", "muon_lr": [0.01, 0.05]},
+                                              {"optimizer": "sgd", "lr_schedule": "wsd", "wsd_decay_fraction": 0.3}]},
+                        "opt")
+    assert [r.settings.get("optimizer") for r in sweep.runs] == ["adamw", "muon", "muon", "sgd"]
+    assert train_args.check("optimizer", "Muon") == "muon"
+    assert train_args.settings_problem({"optimizer": "lion", "muon_lr": 0.1}).startswith("--muon_lr is read by")
+    with pytest.raises(UserError, match="--sgd_momentum is read by --optimizer sgd only"):
+        build_sweep({"parameter_groups": [{"optimizer": "adamw", "sgd_momentum": 0.5}]}, "bad")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["adam", "lion", "sgd"])  # adamw: tests/test_scale.py
+def test_optimizer_under_fsdp_resumes_loss_for_loss(char_data, tmp_path, name):
+    """Optimisers with elementwise updates shard under FSDP2 (2 CPU processes over gloo); the full
+    optimiser state in the checkpoint resumes the sharded run exactly."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def torchrun(*flags):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "train.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    common = ["--preset", "debug", "--dataset", str(char_data), "--device", "cpu", "--eval_interval", "3",
+              "--log_interval", "1", "--lr_decay_iters", "6", "--gradient_accumulation_steps", "2", "--fsdp",
+              "--optimizer", name, *TRAIN_FLAGS[name]]
+    torchrun(*common, "--out_dir", str(tmp_path / "full"), "--max_iters", "6")
+    torchrun(*common, "--out_dir", str(tmp_path / "part"), "--max_iters", "3")
+    torchrun("--out_dir", str(tmp_path / "part"), "--dataset", str(char_data), "--init_from", "resume",
+             "--max_iters", "6")
+    losses = {d: {r["iter"]: r["loss"] for r in read_metrics(tmp_path / d) if r["type"] == "train"}
+              for d in ("full", "part")}
+    assert sorted(losses["part"]) == list(range(1, 7)) and losses["part"] == losses["full"]

@@ -116,7 +116,7 @@ def test_hook_replaces_the_forward_and_keeps_float_gradients():
     y = norm(s, keep)
     unit = hook.unit
     expected = fixed.model(unit, fixed.quantise_input(unit, s.detach()), keep.expand_as(s),
-                           fixed.quantise_params(unit, float(norm.beta), float(norm.gamma))).double() / 2 ** unit.out_frac
+                           fixed.quantise_params(unit, float(norm.beta.detach()), float(norm.gamma.detach()))).double() / 2 ** unit.out_frac
     assert torch.equal(y.double(), expected.to(y.dtype).double())
     assert (y[..., ~keep] == 0).all()
     y.sum().backward()  # straight-through: the float consmax's gradients

@@ -332,7 +332,7 @@ def test_init_from_loads_the_weights_and_fresh_state(pretrained, char_data, tmp_
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--init_from", "no/such/run"], "--init_from no/such/run: not scratch, resume, nor an existing run directory"),
+    (["--init_from", "no/such/run"], "--init_from no/such/run: not scratch, resume, a GPT-2 size"),
     (["--n_layer", "3"], "--n_layer 3 differs from the"),
     (["--sft_val_fraction", "1"], "--sft_val_fraction must be in [0, 1)"),
 ])

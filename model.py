@@ -145,7 +145,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             for part, c in block.cost(T).items():
                 rows[f"layer.{i}.{part}"] = c
-            rows[f"layer.{i}.position"] = self.position.layer_cost(T)
+            rows[f"layer.{i}.position"] = block.attn.position_cost(self.position, T)
         rows["final_norm"] = self.transformer.ln_f.cost(T)
         # weights tied to the embedding: no parameters of its own, but the whole table is read
         rows["lm_head"] = Cost(macs=C * V, weights=C * V, act_mem=C)
@@ -201,8 +201,8 @@ class GPT(nn.Module):
     def new_kv_caches(self, batch_size: int, device, dtype: torch.dtype) -> list[KVCache]:
         """Empty keys/values for every layer, block_size positions each (generation.Engine fills them)."""
         cfg = self.config
-        return [KVCache(batch_size, cfg.n_kv_head, cfg.block_size, cfg.head_dim, device, dtype)
-                for _ in range(cfg.n_layer)]
+        return [block.attn.new_cache(cfg.for_layer(i), batch_size, device, dtype)
+                for i, block in enumerate(self.transformer.h)]
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -130,6 +130,14 @@ class Attention(nn.Module):
     def cost(self, T: int) -> Cost:
         raise NotImplementedError
 
+    def new_cache(self, config, batch_size: int, device, dtype: torch.dtype) -> KVCache:
+        """This layer's empty cache for generation (config: the layer's), block_size positions."""
+        return KVCache(batch_size, config.n_kv_head, config.block_size, config.head_dim, device, dtype)
+
+    def position_cost(self, position, T: int) -> Cost:
+        """The shared position encoding's work inside this layer per token (rotation, score bias)."""
+        return position.layer_cost(T)
+
 
 @register("attention", "causal", knobs=[QK_NORM, WINDOW_SIZE, ATTN_LOGIT_SOFTCAP, NORM_EPS])
 class CausalSelfAttention(Attention):

@@ -55,6 +55,12 @@ class PositionEncoding(nn.Module):
     def layer_cost(self, T: int) -> Cost:
         return Cost()
 
+    @classmethod
+    def rotary_channels(cls, config) -> int:
+        """Channels per head that `rotate` turns (0: none); attention that keeps a separate rotary
+        part (MLA's decoupled key, variations/mla.py) sizes it by this."""
+        return 0
+
 
 def relative_distance(t_q: int, t_k: int, device) -> torch.Tensor:
     """(t_q, t_k) float: i - j for queries at absolute positions t_k - t_q + i and keys j."""
@@ -147,6 +153,10 @@ class RotaryPosition(PositionEncoding):
 
     def layer_cost(self, T: int) -> Cost:
         return Cost(elementwise=3 * self.n_rotated)  # per rotated channel: two multiplies and an add
+
+    @classmethod
+    def rotary_channels(cls, config) -> int:
+        return round(config.rope_fraction * config.head_dim / 2) * 2
 
 
 def alibi_slopes(n_head: int) -> list[float]:

@@ -180,9 +180,27 @@ class GPT(nn.Module):
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, V)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            if self.training:  # auxiliary losses (MoE load balancing) train; evaluation losses stay comparable
+                loss = loss + self.aux_loss()
             return logits, loss
         logits = self.lm_head(x if all_logits else x[:, [-1], :])  # last position only saves V x T work
         return logits, None
+
+    def aux_loss(self) -> torch.Tensor | float:
+        """The weighted auxiliary losses of the last forward pass: each module with `adds_loss` (MoE
+        load balancing, variations/mlp.py) contributes aux_loss_weight * aux_loss; 0 without any."""
+        return sum((m.aux_loss_weight * m.aux_loss for m in self.modules() if getattr(m, "adds_loss", False)), 0.0)
+
+    def aux_stats(self) -> dict[str, float]:
+        """The training log's view of the last forward pass's routing: moe_aux_loss (unweighted, mean
+        over the MoE layers), moe_dropped_tokens (assignments dropped at expert capacity, all layers)
+        and moe_drop_fraction; {} for a model without mixture-of-experts layers."""
+        moe = [m for m in self.modules() if getattr(m, "adds_loss", False)]
+        if not moe:
+            return {}
+        dropped = sum(int(m.dropped) for m in moe)
+        return {"moe_aux_loss": sum(float(m.aux_loss.detach()) for m in moe) / len(moe), "moe_dropped_tokens": dropped,
+                "moe_drop_fraction": dropped / max(1, sum(m.assignments for m in moe))}
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],

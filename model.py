@@ -7,9 +7,13 @@
 
 Pre-norm blocks (x + attn(norm(x)), x + mlp(norm(x))), a final norm, the LM head tied to the token
 embedding, GPT-2's init with residual projections (`c_proj`) scaled by 1/sqrt(2 n_layer).
+Per-layer shapes come from `config.for_layer(i)`; layers that share weights (--share_layers_every,
+--share_layers_map) hold one Block object; --embedding_dim factorizes the tied embedding (ALBERT).
+Modules with `adds_loss` (mixture of experts) add their weighted auxiliary loss to the training loss.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 
@@ -74,15 +78,22 @@ class GPT(nn.Module):
         if config.vocab_size is None:
             raise ValueError("GPTConfig.vocab_size is not set (train.py fills it from the data set's meta.json)")
         self.config = config
+        E = config.embedding_dim or config.n_embd  # token embedding width (factorized when != n_embd)
+        blocks: dict[int, Block] = {}  # weight sharing (gpt_conf.weight_groups): one Block object per group
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(config.vocab_size, E),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config.for_layer(i)) for i in range(config.n_layer)]),
+            h=nn.ModuleList([blocks[g] if g in blocks else blocks.setdefault(g, Block(config.for_layer(i)))
+                             for i, g in enumerate(config.weight_groups())]),
             ln_f=create("norm", config.norm_variant_final, config),
         ))
         self.position = create("position", config.position_variant, config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(E, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf, 2017)
+        # a factorized embedding (ALBERT): E -> n_embd after the table, n_embd -> E before the tied head
+        factorized = E != config.n_embd
+        self.embed_proj = nn.Linear(E, config.n_embd, bias=False) if factorized else None
+        self.head_proj = nn.Linear(config.n_embd, E, bias=False) if factorized else None
         # a training setting, not architecture (so not in GPTConfig): train.py --gradient_checkpointing
         self.gradient_checkpointing = False
 
@@ -129,7 +140,7 @@ class GPT(nn.Module):
             if getattr(type(module), "registry_kind", None) not in ("softmax", "activation", "norm", "position"):
                 continue
             for name, p in module.named_parameters(recurse=False):
-                if p.numel() <= max(self.config.n_head, 1):
+                if p.numel() <= max(self.config.n_head, *(self.config.n_head_layerlist or [1])):
                     key = f"{prefix}.{name}"
                     value = (state_dict[key] if state_dict is not None else p).detach().float().cpu()
                     out[key] = value.item() if value.dim() == 0 else value.tolist()
@@ -140,15 +151,22 @@ class GPT(nn.Module):
         pass (variations/cost.py). Keys: embedding, position, layer.<i>.<part>, final_norm, lm_head."""
         T = T or self.config.block_size
         C, V = self.config.n_embd, self.config.vocab_size
-        rows = {"embedding": Cost(params=V * C, weights=C),  # a table lookup: one row read, no arithmetic
+        E = self.transformer.wte.embedding_dim
+        rows = {"embedding": Cost(params=V * E, weights=E),  # a table lookup: one row read, no arithmetic
                 "position": self.position.cost(T)}
+        if self.embed_proj is not None:
+            rows["embedding"] = rows["embedding"] + Cost(params=E * C, macs=E * C, act_mem=E)
+        seen = set()  # a shared block's parameters count once, its work at every use
         for i, block in enumerate(self.transformer.h):
             for part, c in block.cost(T).items():
-                rows[f"layer.{i}.{part}"] = c
+                rows[f"layer.{i}.{part}"] = dataclasses.replace(c, params=0) if id(block) in seen else c
+            seen.add(id(block))
             rows[f"layer.{i}.position"] = block.attn.position_cost(self.position, T)
         rows["final_norm"] = self.transformer.ln_f.cost(T)
         # weights tied to the embedding: no parameters of its own, but the whole table is read
-        rows["lm_head"] = Cost(macs=C * V, weights=C * V, act_mem=C)
+        rows["lm_head"] = Cost(macs=E * V, weights=E * V, act_mem=E)
+        if self.head_proj is not None:
+            rows["lm_head"] = rows["lm_head"] + Cost(params=C * E, macs=C * E, act_mem=C)
         return rows
 
     def flops_per_token(self) -> float:
@@ -166,7 +184,8 @@ class GPT(nn.Module):
         start = caches[0].length if caches else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        x = self.position.embed(self.transformer.wte(idx), start)  # (B, T, C)
+        tok = self.transformer.wte(idx)  # (B, T, E)
+        x = self.position.embed(tok if self.embed_proj is None else self.embed_proj(tok), start)  # (B, T, C)
         x = self.transformer.drop(x)
         # gradient checkpointing: keep only each block's input and recompute its activations in the
         # backward pass (non-reentrant: the recomputation replays the same dropout RNG state)
@@ -177,6 +196,8 @@ class GPT(nn.Module):
             else:
                 x = block(x, self.position, caches[i] if caches else None)
         x = self.transformer.ln_f(x)
+        if self.head_proj is not None:
+            x = self.head_proj(x)  # (B, T, E): into the tied table's width
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, V)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)

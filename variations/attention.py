@@ -123,6 +123,7 @@ class Attention(nn.Module):
     fusable: bool = False
     uses_softmax_kernel: bool = False
     quantised_inside: list = []  # activation sites set between q.k and the weighted sum (no fused kernel)
+    n_head = n_kv_head = head_dim = 0  # this layer's heads (none: nothing to rotate)
 
     def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -135,8 +136,9 @@ class Attention(nn.Module):
         return KVCache(batch_size, config.n_kv_head, config.block_size, config.head_dim, device, dtype)
 
     def position_cost(self, position, T: int) -> Cost:
-        """The shared position encoding's work inside this layer per token (rotation, score bias)."""
-        return position.layer_cost(T)
+        """The shared position encoding's work inside this layer per token: rotating its n_head query
+        and n_kv_head key heads, a score bias."""
+        return position.layer_cost(T, (self.n_head + self.n_kv_head, self.head_dim))
 
 
 @register("attention", "causal", knobs=[QK_NORM, WINDOW_SIZE, ATTN_LOGIT_SOFTCAP, NORM_EPS])
@@ -180,7 +182,7 @@ class CausalSelfAttention(Attention):
         self.uses_softmax_kernel = not self.use_sdpa
         # --softmax_kernel: Triton kernels for the explicit path; elementwise normalisers without a
         # soft-cap can skip the score matrix altogether (fused attention, variations/triton_attention.py)
-        self.kernel = config.softmax_kernel
+        self.kernel = config.softmax_kernel if self.softmax.triton_kernel else "torch"  # no kernel: the module
         self.fusable = self.softmax.elementwise and self.softcap is None and not self.quantised_inside
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)

@@ -81,6 +81,8 @@ def describe(model, device: torch.device) -> str | None:
     for i, attn in layers:
         if attn.quantised_inside:  # the kernels do not round at the activation sites: the torch path does
             path = f"torch, quantised at {'/'.join(attn.quantised_inside)}"
+        elif not attn.softmax.triton_kernel:  # a normaliser without a Triton kernel runs its module
+            path = "torch, no Triton kernel for this normaliser"
         else:
             path = "fused attention" if attn.fusable else "fused rows"
         paths.setdefault(f"{path} ({attn.softmax.registry_name})", []).append(str(i))

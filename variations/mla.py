@@ -104,7 +104,7 @@ class MultiHeadLatentAttention(Attention):
         self.quantised_inside = self.aq.active(INSIDE_ATTENTION)
         self.use_sdpa = self.softmax.sdpa_compatible and not self.quantised_inside
         self.uses_softmax_kernel = not self.use_sdpa
-        self.kernel = config.softmax_kernel
+        self.kernel = config.softmax_kernel if self.softmax.triton_kernel else "torch"  # no kernel: the module
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -125,7 +125,7 @@ class MultiHeadLatentAttention(Attention):
         latent = F.rms_norm(latent, (self.kv_rank,), self.kv_norm, self.eps).unsqueeze(1)  # (B, 1, T, d_c)
         k_rope = k_rope.unsqueeze(1)  # (B, 1, T, d_r): one rotary key part for all heads
         start = cache.length if cache is not None else 0
-        q_rope, k_rope = position.rotate(q_rope, k_rope, start)  # the identity unless RoPE
+        q_rope, k_rope = position.rotate_part(q_rope, start), position.rotate_part(k_rope, start)  # unless RoPE: x
         if cache is not None:
             latent, k_rope = cache.append(latent, k_rope)  # (B, 1, start + T, d_c), (B, 1, start + T, d_r)
         t_k = latent.size(2)
@@ -159,7 +159,7 @@ class MultiHeadLatentAttention(Attention):
         """The rotation touches n_head query parts and one shared key part of d_r channels."""
         if self.rope_dim:
             return Cost(elementwise=3 * (self.n_head + 1) * self.rope_dim)
-        return position.layer_cost(T)
+        return position.layer_cost(T, (0, 0))  # a score bias, if any
 
     def cost(self, T: int) -> Cost:
         """Per token at context T, as the forward pass computes it: the query and latent projections,

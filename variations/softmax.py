@@ -150,6 +150,7 @@ class Normalizer(nn.Module):
 
     sdpa_compatible: bool = False
     elementwise: bool = False
+    triton_kernel: bool = True  # False: no Triton kernel; --softmax_kernel then runs the module (kernels.describe)
     SITES: tuple = ()  # activation sites inside this normaliser (variations/act_quant.NORMALISER_SITES)
     sites: dict = {}  # site -> its SiteQuant, set by the attention that owns them (the set ones only)
 
@@ -569,3 +570,9 @@ class SquareplusMax(_ActivationOverDivisor):
     def activation_cost(self, n):
         # the formula: x^2, + b, + x; the halving folds into the divisor
         return Cost(elementwise=3 * n, sqrt=n)
+
+
+# ---------------------------------------------------------------- piecewise-linear normalisers
+# pwl_softmax and pwl_consmax live in variations/softmax_pwl.py (this file is near the length limit);
+# the score preparation and finishing they share with the variants above:
+prepare_scores, finish_weights = _prepare, _finish

@@ -14,6 +14,7 @@ from variations.mla import LatentCache
 from variations.registry import create
 
 from conftest import tiny_config
+from test_attention_position_norm import rope_reference
 
 
 def mla_reference(attn, x, position):
@@ -29,7 +30,9 @@ def mla_reference(attn, x, position):
     out = []
     for h in range(nh):
         q_h = q_all.view(B, T, nh, hs + dr)[:, :, h].unsqueeze(1)  # (B, 1, T, hs + dr)
-        q_r, k_rr = position.rotate(q_h[..., hs:], k_r, 0)
+        q_r, k_rr = q_h[..., hs:], k_r
+        if dr:  # every channel of the decoupled parts turns, frequencies spanning d_r
+            q_r, k_rr = rope_reference(q_r, 0, 10000.0, dr), rope_reference(k_rr, 0, 10000.0, dr)
         k_h = c @ W[2 * hs * h:2 * hs * h + hs].T  # W_UK,h c
         v_h = c @ W[2 * hs * h + hs:2 * hs * (h + 1)].T  # W_UV,h c
         s = (q_h[:, 0, :, :hs] @ k_h.transpose(-1, -2) + q_r[:, 0] @ k_rr[:, 0].transpose(-1, -2)) / math.sqrt(hs + dr)

@@ -224,7 +224,7 @@ class _CoreConfig:
     n_head_layerlist: list = _f(None, "query heads per layer, cycled; each divides n_embd", int_list=True, minimum=1,
                                 layerlist_of="n_head")
     n_kv_head_layerlist: list = _f(None, "key/value heads per layer, cycled; each divides its layer's n_head "
-                                   "(default: --n_kv_head, or each layer's n_head when that is unset)", int_list=True,
+                                   "(default: --n_kv_head; each layer's n_head when --n_kv_head is unset or equals --n_head)", int_list=True,
                                    minimum=1, layerlist_of="n_kv_head")
     mlp_hidden_size_layerlist: list = _f(None, "feed-forward hidden width per layer, cycled", int_list=True, minimum=1,
                                          layerlist_of="mlp_hidden_size")
@@ -388,9 +388,13 @@ def estimate_train_bytes(config: GPTConfig, batch_size: int, gradient_checkpoint
     activations and the attention scores of unfused kernels only add to it, so a run estimated above a
     device's memory cannot fit there (train_args.check_fits refuses it before anything is allocated)."""
     d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size or 0
-    kv_dim = config.n_kv_head * config.head_dim
-    per_layer = d * (d + 2 * kv_dim) + d * d + 2 * d * config.mlp_hidden_size
-    params = layers * per_layer + vocab * d + config.block_size * d
+    groups = config.weight_groups()  # layers sharing weights hold them once
+    params = 0
+    for i in (i for i in range(layers) if groups.index(groups[i]) == i):
+        c = config.for_layer(i)  # per-layer heads and widths
+        params += d * (d + 2 * c.n_kv_head * c.head_dim) + d * d + 2 * d * c.mlp_hidden_size
+    e = config.embedding_dim or d
+    params += vocab * e + (2 * e * d if e != d else 0) + config.block_size * d
     tokens = batch_size * config.block_size
     per_token = (2 * d * layers + 34 * d) if gradient_checkpointing else 34 * d * layers
     return 16 * params // max(shards, 1) + tokens * (per_token + 4 * vocab)

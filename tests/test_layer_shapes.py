@@ -142,3 +142,12 @@ def test_training_shared_factorized_model_learns():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3
+
+
+def test_memory_estimate_counts_shared_and_per_layer_weights():
+    from gpt_conf import estimate_train_bytes
+    plain, shared = tiny_config(n_layer=4), tiny_config(n_layer=4, share_layers_every=4)
+    per_block = 16 * (32 * (32 + 2 * 32) + 32 * 32 + 2 * 32 * 128)  # float32 weights, grads, two Adam moments
+    assert estimate_train_bytes(plain, 2) - estimate_train_bytes(shared, 2) == 3 * per_block
+    narrow = tiny_config(n_layer=4, mlp_hidden_size_layerlist=[64])
+    assert estimate_train_bytes(plain, 2) - estimate_train_bytes(narrow, 2) == 4 * 16 * 2 * 32 * 64

@@ -104,7 +104,7 @@ class MultiHeadLatentAttention(Attention):
         self.quantised_inside = self.aq.active(INSIDE_ATTENTION)
         self.use_sdpa = self.softmax.sdpa_compatible and not self.quantised_inside
         self.uses_softmax_kernel = not self.use_sdpa
-        self.kernel = config.softmax_kernel if self.softmax.triton_kernel else "torch"  # no kernel: the module
+        self.kernel = config.softmax_kernel if kernels.has_kernel(self.softmax) else "torch"  # else the module
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)

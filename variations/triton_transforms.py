@@ -21,7 +21,7 @@ TRANSFORMS = {
     "polymax": 4,         # 0 | p1 (s - p0) / -p0 | s^p2 + p1, all / p3
     "relumax": 5,         # relu(s) / p3
     "relu2max": 6,        # relu(s)^2 / p3
-    "sigmoidmax": 7,      # sigmoid(s) / p3
+    "sigmoidmax": 7,      # sigmoid(s + p2) / p3
     "softplusmax": 8,     # softplus(s) / p3 (linear above 20, as F.softplus)
     "squareplus_max": 9,  # (s + sqrt(s^2 + p2)) / 2 / p3
     "pwl_consmax": 10,    # u = (s - p0) / p2, i = clamp(floor(u), 0, p3 - 1): 0 if u < 0 else chord of e^(i p2) / p1
@@ -84,7 +84,7 @@ def score_weight(s, T: tl.constexpr, p0, p1, p2, p3):
         r = tl.maximum(s, 0.0)
         y = r * r / p3
     elif T == 7:
-        y = sigmoid(s) / p3
+        y = sigmoid(s + p2) / p3
     elif T == 8:
         y = softplus(s) / p3
     elif T == 10:
@@ -138,7 +138,7 @@ def score_weight_grad(s, T: tl.constexpr, p0, p1, p2, p3):
         d0 = zero
         d1 = zero
     elif T == 7:
-        g = sigmoid(s)
+        g = sigmoid(s + p2)
         y = g / p3
         dy = g * (1.0 - g) / p3
         d0 = zero

@@ -13,7 +13,7 @@ from model import GPT
 from variations import kernels
 from variations.attention import causal_mask
 from variations.registry import create
-from variations.softmax_pwl import pwl_error_bound, pwl_exp, pwl_nodes
+from variations.softmax_pwl import finish_weights, prepare_scores, pwl_error_bound, pwl_exp, pwl_nodes
 
 from conftest import tiny_config
 
@@ -106,3 +106,21 @@ def test_dispatcher_runs_pwl_softmax_as_torch_and_says_so():
     torch.testing.assert_close(model(idx, all_logits=True)[0], reference(idx, all_logits=True)[0])
     cons = GPT(tiny_config(softmax_variant_attn="pwl_consmax", softmax_kernel="triton"))
     assert "fused attention (pwl_consmax)" in kernels.describe(cons, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_score_helpers_follow_softmax_py_conventions(dtype):
+    """prepare_scores / finish_weights (copies of softmax.py's helpers, which that file cannot export
+    within its length limit): fp32 math (fp64 for fp64), -inf and masked keys dropped with exact
+    zeros, results clamped to the dtype's finite range."""
+    x = (torch.randn(2, 3, 5, 5) * 10).to(dtype)
+    x[0, 0, 4, 2] = float("-inf")
+    mask = causal_mask(5, 5, "cpu")
+    s, keep = prepare_scores(x, mask)
+    assert s.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert torch.equal(keep, mask.expand_as(x) & (x != float("-inf")))
+    assert (s[~keep] == 0).all() and torch.equal(s[keep], x[keep].to(s.dtype))
+    y = finish_weights(torch.full_like(s, 2.0 ** 20), keep, dtype)
+    assert y.dtype == dtype and (y[~keep] == 0).all()
+    assert (y[keep] == min(2.0 ** 20, torch.finfo(dtype).max)).all()

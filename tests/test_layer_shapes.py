@@ -62,6 +62,11 @@ def test_shape_and_sharing_errors_are_one_line_and_name_the_flag(kwargs, message
     assert "\n" not in str(e.value)
 
 
+def test_rope_needs_a_rotated_channel_in_every_layer():
+    with pytest.raises(UserError, match="--rope_fraction 0.2 rotates no channel of the smallest heads"):
+        GPT(tiny_config(n_head_layerlist=[2, 8], position_variant="rope", rope_fraction=0.2))  # heads of 16, 4
+
+
 def test_flags_parse_per_layer_lists():
     s = parse_args(["--n_head_layerlist", "2", "4", "--share_layers_map", "0", "1", "0", "1", "--embedding_dim", "16"])
     assert s.model["n_head_layerlist"] == [2, 4] and s.model["share_layers_map"] == [0, 1, 0, 1]

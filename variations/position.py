@@ -148,7 +148,11 @@ class RotaryPosition(PositionEncoding):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         # layers of other head sizes (--n_head_layerlist) rotate their own share of channels
-        for n in {self.rotary_channels(config.for_layer(i)) for i in range(config.n_layer)} - {self.n_rot, 0}:
+        layer_rot = {self.rotary_channels(config.for_layer(i)) for i in range(config.n_layer)}
+        if 0 in layer_rot:
+            raise UserError(f"--rope_fraction {fraction} rotates no channel of the smallest heads of "
+                            "--n_head_layerlist; use fewer heads there or a larger fraction")
+        for n in layer_rot - {self.n_rot}:
             cos, sin = self._table(n, config.block_size)
             self.register_buffer(f"cos_{n}", cos, persistent=False)
             self.register_buffer(f"sin_{n}", sin, persistent=False)

@@ -115,7 +115,8 @@ class PiecewiseLinearSoftmax(Normalizer):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = prepare_scores(x, mask)
-        shift = s.masked_fill(~keep, float("-inf")).detach().amax(dim=-1, keepdim=True)
+        # the row max is part of the function (p(z - m) is not shift-invariant, unlike e^z): not detached
+        shift = s.masked_fill(~keep, float("-inf")).amax(dim=-1, keepdim=True)
         shift = torch.where(torch.isfinite(shift), shift, 0.0)  # a row with nothing kept
         z = self.q("exp_input", (s - shift).masked_fill(~keep, 0.0), keep)
         e = self.q("numerator", pwl_exp(z, self.a, self.b, self.nodes).masked_fill(~keep, 0.0), keep)

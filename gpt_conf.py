@@ -57,6 +57,8 @@ def check_value(name: str, value, typ: type, meta, where: str = "", flag: bool =
     label = f"--{name}" if flag else f"setting '{name}'"
     if value is None:
         return None
+    if meta.get("int_list"):  # --n_head_layerlist 4 8, --share_layers_map 0 1 0 1: whole numbers, one per layer
+        return _int_list(value, meta, at, label)
     if meta.get("site_bits"):  # --act_bits_<site>: one width or one per layer
         try:
             return check_site_bits(name, value)
@@ -94,6 +96,21 @@ def check_value(name: str, value, typ: type, meta, where: str = "", flag: bool =
 
 
 BOUNDS = ("minimum", "maximum", "above", "below")  # the metadata keys of a number's range
+
+
+def _int_list(value, meta, at: str, label: str) -> list[int]:
+    """A list of whole numbers in the field's range (flags give strings, a config file may give one string)."""
+    values = value.split() if isinstance(value, str) else value if isinstance(value, list) else [value]
+    out = []
+    for v in values:
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            v = int(v)
+        if not isinstance(v, int) or isinstance(v, bool) or not _in_bounds(v, meta):
+            raise UserError(f"{at}{label} must be whole numbers {bounds_text(meta)}, one per layer, got {value!r}")
+        out.append(v)
+    if not out:
+        raise UserError(f"{at}{label} must give at least one number, got {value!r}")
+    return out
 
 
 def _in_bounds(value, meta) -> bool:
@@ -179,6 +196,13 @@ class _CoreConfig:
     mlp_expansion_factor: float = _f(4.0, "feed-forward hidden width as a multiple of n_embd", above=0.0)
     mlp_hidden_size: int = _f(None, "explicit feed-forward hidden width (overrides mlp_expansion_factor)",
                              minimum=1)
+    embedding_dim: int = _f(None, "token embedding width E; other than n_embd: a factorized embedding (ALBERT, Lan et "
+                            "al. 2020): a vocab x E table, an E -> n_embd projection in, and n_embd -> E before the "
+                            "tied head; default n_embd", minimum=1)
+    share_layers_every: int = _f(None, "weight sharing: each run of k consecutive layers uses one block's weights "
+                                 "(k = n_layer: ALBERT's all-shared layers)", minimum=1)
+    share_layers_map: list = _f(None, "weight sharing by a map: one group id per layer; layers with one id use one "
+                                "block's weights (e.g. 0 1 0 1: two blocks, each used twice)", int_list=True, minimum=0)
     init_std: float = _f(0.02, "std of the normal weight init (residual projections: / sqrt(2 n_layer))",
                          minimum=0.0)
     softmax_kernel: str = _f("auto", "implementation of non-softmax attention normalisers: triton (fused "
@@ -208,6 +232,13 @@ class _CoreConfig:
     norm_variant_layerlist: list = _f(None, "block norm per layer, cycled", registry="norm", layerlist_of="norm_variant")
     activation_variant_layerlist: list = _f(None, "activation per layer, cycled", registry="activation", layerlist_of="activation_variant")
     softmax_variant_attn_layerlist: list = _f(None, "attention softmax per layer, cycled", registry="softmax", layerlist_of="softmax_variant_attn")
+    n_head_layerlist: list = _f(None, "query heads per layer, cycled; each divides n_embd", int_list=True, minimum=1,
+                                layerlist_of="n_head")
+    n_kv_head_layerlist: list = _f(None, "key/value heads per layer, cycled; each divides its layer's n_head "
+                                   "(default: --n_kv_head; each layer's n_head when --n_kv_head is unset or equals --n_head)", int_list=True,
+                                   minimum=1, layerlist_of="n_kv_head")
+    mlp_hidden_size_layerlist: list = _f(None, "feed-forward hidden width per layer, cycled", int_list=True, minimum=1,
+                                         layerlist_of="mlp_hidden_size")
 
     def __post_init__(self):
         hints = _type_hints(type(self))
@@ -232,6 +263,53 @@ class _CoreConfig:
         for site in LINEAR_SITES:
             if getattr(self, f"linear_variant_{site}") is None:
                 setattr(self, f"linear_variant_{site}", self.linear_variant)
+        self._check_layer_shapes()
+        self._check_sharing()
+
+    def _check_layer_shapes(self):
+        """Each layer's heads and widths from the per-layer lists, checked layer by layer (one-line errors)."""
+        lists = [n for n in ("n_head_layerlist", "n_kv_head_layerlist", "mlp_hidden_size_layerlist") if getattr(self, n)]
+        if not lists:
+            return
+        flags = " / ".join(f"--{n}" for n in lists)
+        heads = set()
+        for i in range(self.n_layer):
+            try:
+                layer = self.for_layer(i)
+            except UserError as e:
+                raise UserError(f"{flags}: layer {i}: {e}") from None
+            heads.add(layer.n_head)
+        if heads != {self.n_head} and get("position", self.position_variant).has_score_bias:
+            raise UserError(f"--n_head_layerlist: --position_variant {self.position_variant} adds a score bias for "
+                            f"--n_head {self.n_head} heads in every layer; per-layer head counts need rope, learned, "
+                            "sinusoidal or none")
+
+    def weight_groups(self) -> list[int]:
+        """Per layer, the id of the block whose weights it uses (--share_layers_every / --share_layers_map);
+        every layer its own without sharing."""
+        if self.share_layers_map:
+            return list(self.share_layers_map)
+        k = self.share_layers_every or 1
+        return [i // k for i in range(self.n_layer)]
+
+    def _check_sharing(self):
+        if self.share_layers_every and self.share_layers_map:
+            raise UserError("--share_layers_every and --share_layers_map both say which layers share weights; give one")
+        if self.share_layers_map and len(self.share_layers_map) != self.n_layer:
+            raise UserError(f"--share_layers_map gives {len(self.share_layers_map)} group ids for --n_layer "
+                            f"{self.n_layer}; give one per layer")
+        if not (self.share_layers_every or self.share_layers_map):
+            return
+        first: dict[int, int] = {}
+        for i, g in enumerate(self.weight_groups()):
+            j = first.setdefault(g, i)
+            if j != i:
+                a, b = self.for_layer(j).to_dict(), self.for_layer(i).to_dict()
+                diff = next((k for k in a if a[k] != b[k]), None)
+                if diff is not None:
+                    flag = "--share_layers_map" if self.share_layers_map else "--share_layers_every"
+                    raise UserError(f"{flag}: layers {j} and {i} share weights but differ in {diff} ({a[diff]} vs "
+                                    f"{b[diff]}); share only layers of one kind and shape")
 
     @property
     def head_dim(self) -> int:
@@ -249,6 +327,8 @@ class _CoreConfig:
                 changes[f.name] = None
             if f.metadata.get("site_bits") and value and len(value) > 1:
                 changes[f.name] = [value[i % len(value)]]
+        if "n_head" in changes and not self.n_kv_head_layerlist and self.n_kv_head == self.n_head:
+            changes["n_kv_head"] = changes["n_head"]  # multi-head attention in every layer
         return dataclasses.replace(self, **changes) if changes else self
 
     def act_bits(self, site: str) -> int:
@@ -319,9 +399,13 @@ def estimate_train_bytes(config: GPTConfig, batch_size: int, gradient_checkpoint
     activations and the attention scores of unfused kernels only add to it, so a run estimated above a
     device's memory cannot fit there (train_args.check_fits refuses it before anything is allocated)."""
     d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size or 0
-    kv_dim = config.n_kv_head * config.head_dim
-    per_layer = d * (d + 2 * kv_dim) + d * d + 2 * d * config.mlp_hidden_size
-    params = layers * per_layer + vocab * d + config.block_size * d
+    groups = config.weight_groups()  # layers sharing weights hold them once
+    params = 0
+    for i in (i for i in range(layers) if groups.index(groups[i]) == i):
+        c = config.for_layer(i)  # per-layer heads and widths
+        params += d * (d + 2 * c.n_kv_head * c.head_dim) + d * d + 2 * d * c.mlp_hidden_size
+    e = config.embedding_dim or d
+    params += vocab * e + (2 * e * d if e != d else 0) + config.block_size * d
     tokens = batch_size * config.block_size
     per_token = (2 * d * layers + 34 * d) if gradient_checkpointing else 34 * d * layers
     return 16 * params // max(shards, 1) + tokens * (per_token + 4 * vocab)

@@ -7,9 +7,13 @@
 
 Pre-norm blocks (x + attn(norm(x)), x + mlp(norm(x))), a final norm, the LM head tied to the token
 embedding, GPT-2's init with residual projections (`c_proj`) scaled by 1/sqrt(2 n_layer).
+Per-layer shapes come from `config.for_layer(i)`; layers that share weights (--share_layers_every,
+--share_layers_map) hold one Block object; --embedding_dim factorizes the tied embedding (ALBERT).
+Modules with `adds_loss` (mixture of experts) add their weighted auxiliary loss to the training loss.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 
@@ -74,15 +78,22 @@ class GPT(nn.Module):
         if config.vocab_size is None:
             raise ValueError("GPTConfig.vocab_size is not set (train.py fills it from the data set's meta.json)")
         self.config = config
+        E = config.embedding_dim or config.n_embd  # token embedding width (factorized when != n_embd)
+        blocks: dict[int, Block] = {}  # weight sharing (gpt_conf.weight_groups): one Block object per group
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=nn.Embedding(config.vocab_size, E),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config.for_layer(i)) for i in range(config.n_layer)]),
+            h=nn.ModuleList([blocks[g] if g in blocks else blocks.setdefault(g, Block(config.for_layer(i)))
+                             for i, g in enumerate(config.weight_groups())]),
             ln_f=create("norm", config.norm_variant_final, config),
         ))
         self.position = create("position", config.position_variant, config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(E, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying (Press & Wolf, 2017)
+        # a factorized embedding (ALBERT): E -> n_embd after the table, n_embd -> E before the tied head
+        factorized = E != config.n_embd
+        self.embed_proj = nn.Linear(E, config.n_embd, bias=False) if factorized else None
+        self.head_proj = nn.Linear(config.n_embd, E, bias=False) if factorized else None
         # a training setting, not architecture (so not in GPTConfig): train.py --gradient_checkpointing
         self.gradient_checkpointing = False
 
@@ -129,7 +140,7 @@ class GPT(nn.Module):
             if getattr(type(module), "registry_kind", None) not in ("softmax", "activation", "norm", "position"):
                 continue
             for name, p in module.named_parameters(recurse=False):
-                if p.numel() <= max(self.config.n_head, 1):
+                if p.numel() <= max(self.config.n_head, *(self.config.n_head_layerlist or [1])):
                     key = f"{prefix}.{name}"
                     value = (state_dict[key] if state_dict is not None else p).detach().float().cpu()
                     out[key] = value.item() if value.dim() == 0 else value.tolist()
@@ -140,15 +151,22 @@ class GPT(nn.Module):
         pass (variations/cost.py). Keys: embedding, position, layer.<i>.<part>, final_norm, lm_head."""
         T = T or self.config.block_size
         C, V = self.config.n_embd, self.config.vocab_size
-        rows = {"embedding": Cost(params=V * C, weights=C),  # a table lookup: one row read, no arithmetic
+        E = self.transformer.wte.embedding_dim
+        rows = {"embedding": Cost(params=V * E, weights=E),  # a table lookup: one row read, no arithmetic
                 "position": self.position.cost(T)}
+        if self.embed_proj is not None:
+            rows["embedding"] = rows["embedding"] + Cost(params=E * C, macs=E * C, act_mem=E)
+        seen = set()  # a shared block's parameters count once, its work at every use
         for i, block in enumerate(self.transformer.h):
             for part, c in block.cost(T).items():
-                rows[f"layer.{i}.{part}"] = c
-            rows[f"layer.{i}.position"] = self.position.layer_cost(T)
+                rows[f"layer.{i}.{part}"] = dataclasses.replace(c, params=0) if id(block) in seen else c
+            seen.add(id(block))
+            rows[f"layer.{i}.position"] = block.attn.position_cost(self.position, T)
         rows["final_norm"] = self.transformer.ln_f.cost(T)
         # weights tied to the embedding: no parameters of its own, but the whole table is read
-        rows["lm_head"] = Cost(macs=C * V, weights=C * V, act_mem=C)
+        rows["lm_head"] = Cost(macs=E * V, weights=E * V, act_mem=E)
+        if self.head_proj is not None:
+            rows["lm_head"] = rows["lm_head"] + Cost(params=C * E, macs=C * E, act_mem=C)
         return rows
 
     def flops_per_token(self) -> float:
@@ -166,7 +184,8 @@ class GPT(nn.Module):
         start = caches[0].length if caches else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        x = self.position.embed(self.transformer.wte(idx), start)  # (B, T, C)
+        tok = self.transformer.wte(idx)  # (B, T, E)
+        x = self.position.embed(tok if self.embed_proj is None else self.embed_proj(tok), start)  # (B, T, C)
         x = self.transformer.drop(x)
         # gradient checkpointing: keep only each block's input and recompute its activations in the
         # backward pass (non-reentrant: the recomputation replays the same dropout RNG state)
@@ -177,12 +196,32 @@ class GPT(nn.Module):
             else:
                 x = block(x, self.position, caches[i] if caches else None)
         x = self.transformer.ln_f(x)
+        if self.head_proj is not None:
+            x = self.head_proj(x)  # (B, T, E): into the tied table's width
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, V)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            if self.training:  # auxiliary losses (MoE load balancing) train; evaluation losses stay comparable
+                loss = loss + self.aux_loss()
             return logits, loss
         logits = self.lm_head(x if all_logits else x[:, [-1], :])  # last position only saves V x T work
         return logits, None
+
+    def aux_loss(self) -> torch.Tensor | float:
+        """The weighted auxiliary losses of the last forward pass: each module with `adds_loss` (MoE
+        load balancing, variations/mlp.py) contributes aux_loss_weight * aux_loss; 0 without any."""
+        return sum((m.aux_loss_weight * m.aux_loss for m in self.modules() if getattr(m, "adds_loss", False)), 0.0)
+
+    def aux_stats(self) -> dict[str, float]:
+        """The training log's view of the last forward pass's routing: moe_aux_loss (unweighted, mean
+        over the MoE layers), moe_dropped_tokens (assignments dropped at expert capacity, all layers)
+        and moe_drop_fraction; {} for a model without mixture-of-experts layers."""
+        moe = [m for m in self.modules() if getattr(m, "adds_loss", False)]
+        if not moe:
+            return {}
+        dropped = sum(int(m.dropped) for m in moe)
+        return {"moe_aux_loss": sum(float(m.aux_loss.detach()) for m in moe) / len(moe), "moe_dropped_tokens": dropped,
+                "moe_drop_fraction": dropped / max(1, sum(m.assignments for m in moe))}
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
@@ -201,8 +240,8 @@ class GPT(nn.Module):
     def new_kv_caches(self, batch_size: int, device, dtype: torch.dtype) -> list[KVCache]:
         """Empty keys/values for every layer, block_size positions each (generation.Engine fills them)."""
         cfg = self.config
-        return [KVCache(batch_size, cfg.n_kv_head, cfg.block_size, cfg.head_dim, device, dtype)
-                for _ in range(cfg.n_layer)]
+        return [block.attn.new_cache(cfg.for_layer(i), batch_size, device, dtype)
+                for i, block in enumerate(self.transformer.h)]
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -519,7 +519,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                 mfu = estimate_mfu(model, tps, peak) if tps else None
                 report.record({"iter": it, "type": "train", "loss": last_loss, "lr": lr,
                                "tokens": it * trainer.tokens_per_iter, "iter_time_ms": 1000 * dt,
-                               "tokens_per_s": tps, "mfu": mfu, **sft})
+                               "tokens_per_s": tps, "mfu": mfu, **sft, **model.aux_stats()})
                 report.line(f"iter {it}: loss {last_loss:.4f}, lr {lr:.2e}, {1000 * dt:.1f}ms"
                             + (f", mfu {100 * mfu:.1f}%" if mfu else ""))
             report.advance(it, f"loss {last_loss:.4f}" if last_loss is not None else "")

@@ -190,6 +190,7 @@ class Setting:
     layerlist_of: str | None = None       # the field a per-layer list overrides
     bounds: tuple = ()                    # (key, number) pairs of the declared range (gpt_conf.BOUNDS)
     site_bits: bool = False               # an --act_bits_<site>: bit widths, one or per layer
+    int_list: bool = False                # whole numbers, one per layer (--n_head_layerlist, --share_layers_map)
 
     @property
     def choices(self) -> list | None:
@@ -204,6 +205,7 @@ class Setting:
         per-layer list may be given as one space-separated string; registry names are normalised
         and must be registered (the closest one is named otherwise)."""
         meta = {"registry": self.registry, "choices": self.fixed_choices, "site_bits": self.site_bits or None,
+                "int_list": self.int_list or None,
                 **dict(self.bounds)}
         return check_value(self.name, value, self.type, {k: v for k, v in meta.items() if v is not None}, where,
                            flag)
@@ -224,6 +226,7 @@ def _schema() -> dict[str, Setting]:
                 group="model" if owner == "model" else meta["group"], registry=meta.get("registry"),
                 fixed_choices=tuple(meta["choices"]) if "choices" in meta else None,
                 layerlist_of=meta.get("layerlist_of"), site_bits=bool(meta.get("site_bits")),
+                int_list=bool(meta.get("int_list")),
                 bounds=tuple((k, meta[k]) for k in BOUNDS if meta.get(k) is not None))
     return specs
 
@@ -332,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs = dict(help=help_text, default=argparse.SUPPRESS)  # SUPPRESS: only typed flags appear
         if spec.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif spec.int_list:  # whole numbers, one per layer: --n_head_layerlist 4 8
+            kwargs.update(nargs="+", type=_flag_type(Setting(**{**spec.__dict__, "type": int, "int_list": False})),
+                          metavar="N")
         elif spec.type is list and spec.registry is None:  # bit widths, one or per layer: --act_bits_scores 8 4
             kwargs.update(nargs="+", type=int, metavar="BITS")
         elif spec.type is list:  # a per-layer list of registry names: --attention_variant_layerlist causal linear

@@ -82,7 +82,7 @@ class SearchSpace:
 
 def choice_label(value) -> str | int | float | bool | None:
     """Optuna's categorical choices are scalars: a per-layer list becomes its names joined by spaces."""
-    return " ".join(value) if isinstance(value, list) else value
+    return " ".join(map(str, value)) if isinstance(value, list) else value
 
 
 def _check_key(name: str, where: str, allow_extra: bool) -> None:

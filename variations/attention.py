@@ -124,12 +124,22 @@ class Attention(nn.Module):
     fusable: bool = False
     uses_softmax_kernel: bool = False
     quantised_inside: list = []  # activation sites set between q.k and the weighted sum (no fused kernel)
+    n_head = n_kv_head = head_dim = 0  # this layer's heads (none: nothing to rotate)
 
     def forward(self, x: torch.Tensor, position, cache: KVCache | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def cost(self, T: int) -> Cost:
         raise NotImplementedError
+
+    def new_cache(self, config, batch_size: int, device, dtype: torch.dtype) -> KVCache:
+        """This layer's empty cache for generation (config: the layer's), block_size positions."""
+        return KVCache(batch_size, config.n_kv_head, config.block_size, config.head_dim, device, dtype)
+
+    def position_cost(self, position, T: int) -> Cost:
+        """The shared position encoding's work inside this layer per token: rotating its n_head query
+        and n_kv_head key heads, a score bias."""
+        return position.layer_cost(T, (self.n_head + self.n_kv_head, self.head_dim))
 
 
 @register("attention", "causal", knobs=[QK_NORM, WINDOW_SIZE, ATTN_LOGIT_SOFTCAP, NORM_EPS])
@@ -175,7 +185,7 @@ class CausalSelfAttention(Attention):
         self.uses_softmax_kernel = not self.use_sdpa
         # --softmax_kernel: Triton kernels for the explicit path; elementwise normalisers without a
         # soft-cap can skip the score matrix altogether (fused attention, variations/triton_attention.py)
-        self.kernel = config.softmax_kernel
+        self.kernel = config.softmax_kernel if kernels.has_kernel(self.softmax) else "torch"  # else the module
         self.fusable = self.softmax.elementwise and self.softcap is None and not self.quantised_inside
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)

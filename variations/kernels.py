@@ -64,6 +64,13 @@ def select(choice: str, device_type: str) -> tuple[str, str]:
     return "triton", f"auto: CUDA and Triton {version}"
 
 
+def has_kernel(normaliser) -> bool:
+    """Whether the Triton kernels implement this normaliser (`kernel_spec`): every variant of
+    variations/softmax.py; a variant elsewhere says `triton_kernel = False` when none does (pwl_softmax,
+    variations/softmax_pwl.py), and attention then runs its torch module."""
+    return getattr(normaliser, "triton_kernel", True)
+
+
 def use_triton(choice: str, device: torch.device) -> bool:
     return select(choice, torch.device(device).type)[0] == "triton"
 
@@ -81,6 +88,8 @@ def describe(model, device: torch.device) -> str | None:
     for i, attn in layers:
         if attn.quantised_inside:  # the kernels do not round at the activation sites: the torch path does
             path = f"torch, quantised at {'/'.join(attn.quantised_inside)}"
+        elif not has_kernel(attn.softmax):  # a normaliser without a Triton kernel runs its module
+            path = "torch, no Triton kernel for this normaliser"
         else:
             path = "fused attention" if attn.fusable else "fused rows"
         paths.setdefault(f"{path} ({attn.softmax.registry_name})", []).append(str(i))

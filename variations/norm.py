@@ -120,6 +120,39 @@ class HypersphereNorm(nn.Module):
         return Cost(params=int(learned), elementwise=2 * C + 1, sqrt=1, div=1, reduce=C, act_mem=C)
 
 
+DYT_ALPHA_INIT = knob("dyt_alpha_init", 0.5, "DyT: initial value of the learned scalar alpha (the paper's 0.5; it "
+                      "suggests smaller values for wider and deeper language models)")
+
+
+@register("norm", "dyt", knobs=[DYT_ALPHA_INIT])
+class DyT(nn.Module):
+    """DyT, Dynamic Tanh (Zhu et al., 2025, "Transformers without Normalization"): gamma * tanh(alpha x) + beta, alpha a learned scalar.
+
+    An elementwise stand-in for LayerNorm/RMSNorm without any row reduction (no mean, variance or
+    square root): alpha is one learned scalar per norm (init --dyt_alpha_init), gamma (init 1) and
+    beta (init 0) learned per channel, beta always present as in the paper. tanh is computed in fp32.
+    Usable wherever a norm is: --norm_variant (pre, post and peri placement), --norm_variant_final,
+    and per layer in --norm_variant_layerlist.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        alpha = config.dyt_alpha_init
+        if not (alpha > 0 and math.isfinite(alpha)):
+            raise UserError(f"--dyt_alpha_init must be a positive number, got {alpha}")
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.weight = nn.Parameter(torch.ones(config.n_embd))
+        self.bias = nn.Parameter(torch.zeros(config.n_embd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(self.alpha * x.float()) * self.weight + self.bias).to(x.dtype)
+
+    def cost(self, T: int = 1) -> Cost:
+        C = self.weight.numel()
+        # alpha x, tanh (one exponential, the convention of variations/cost.py), gamma times it, plus beta
+        return Cost(params=2 * C + 1, elementwise=3 * C, exp=C, act_mem=C)
+
+
 @register("norm", "identity")
 class IdentityNorm(nn.Module):
     """No normalisation (an ablation): returns x unchanged; no parameters, no cost."""

@@ -39,6 +39,7 @@ class PositionEncoding(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.block_size = config.block_size
+        self.head_dim = config.head_dim
 
     def embed(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         return x
@@ -52,8 +53,21 @@ class PositionEncoding(nn.Module):
     def cost(self, T: int) -> Cost:
         return Cost(params=sum(p.numel() for p in self.parameters()))
 
-    def layer_cost(self, T: int) -> Cost:
+    def layer_cost(self, T: int, heads: tuple[int, int] | None = None) -> Cost:
+        """Per token in one attention layer; `heads`: (query and key heads rotated, head size) of that
+        layer when it differs from the model-wide config (per-layer shapes, MLA)."""
         return Cost()
+
+    def rotate_part(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """x (B, h, T, rotary_channels(layer config)): a separate rotary part whose every channel turns
+        (MLA's decoupled query and key parts, variations/mla.py); the identity unless RoPE."""
+        return x
+
+    @classmethod
+    def rotary_channels(cls, config) -> int:
+        """Channels per head that `rotate` turns (0: none); attention that keeps a separate rotary
+        part (MLA's decoupled key, variations/mla.py) sizes it by this."""
+        return 0
 
 
 def relative_distance(t_q: int, t_k: int, device) -> torch.Tensor:
@@ -127,26 +141,58 @@ class RotaryPosition(PositionEncoding):
         if self.n_rot == 0:
             raise UserError(f"--rope_fraction {fraction} rotates no channel of a head of size {hs}; "
                             f"use at least {2 / hs:.3g}")
+        self.fraction, self.theta = fraction, config.rope_theta
         self.n_rotated = (config.n_head + config.n_kv_head) * self.n_rot  # q and k channels per token
-        inv_freq = config.rope_theta ** (-torch.arange(0, self.n_rot, 2, dtype=torch.float64) / self.n_rot)
-        angles = torch.outer(torch.arange(config.block_size, dtype=torch.float64), inv_freq)  # (block, r/2)
+        cos, sin = self._table(self.n_rot, config.block_size)
         # not saved in checkpoints: recomputed from the config
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        # layers of other head sizes (--n_head_layerlist) rotate their own share of channels
+        layer_rot = {self.rotary_channels(config.for_layer(i)) for i in range(config.n_layer)}
+        if 0 in layer_rot:
+            raise UserError(f"--rope_fraction {fraction} rotates no channel of the smallest heads of "
+                            "--n_head_layerlist; use fewer heads there or a larger fraction")
+        for n in layer_rot - {self.n_rot}:
+            cos, sin = self._table(n, config.block_size)
+            self.register_buffer(f"cos_{n}", cos, persistent=False)
+            self.register_buffer(f"sin_{n}", sin, persistent=False)
+
+    def _table(self, n_rot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (length, n_rot / 2) of the angles pos * theta^(-2i / n_rot)."""
+        inv_freq = self.theta ** (-torch.arange(0, n_rot, 2, dtype=torch.float64) / n_rot)
+        angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)  # (block, r/2)
+        return angles.cos().float(), angles.sin().float()
+
+    def _angles(self, n_rot: int, start: int, T: int):
+        if n_rot == self.n_rot:
+            return self.cos[start:start + T], self.sin[start:start + T]
+        return getattr(self, f"cos_{n_rot}")[start:start + T], getattr(self, f"sin_{n_rot}")[start:start + T]
 
     def _rotate_pairs(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x_rot, x_pass = x[..., :self.n_rot], x[..., self.n_rot:]
+        n_rot = 2 * cos.size(-1)
+        x_rot, x_pass = x[..., :n_rot], x[..., n_rot:]
         x1, x2 = x_rot.float().chunk(2, dim=-1)  # (B, h, T, r/2) each
         rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
         return torch.cat((rotated, x_pass), dim=-1) if x_pass.size(-1) else rotated
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, start: int = 0):
-        T = q.size(2)
-        cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, r/2)
+        T, hs = q.size(2), q.size(-1)
+        cos, sin = self._angles(self.n_rot if hs == self.head_dim else round(self.fraction * hs / 2) * 2, start, T)
         return self._rotate_pairs(q, cos, sin), self._rotate_pairs(k, cos, sin)
 
-    def layer_cost(self, T: int) -> Cost:
+    def rotate_part(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        cos, sin = self._angles(x.size(-1), start, x.size(2))  # every channel of x: the frequencies span them
+        return self._rotate_pairs(x, cos, sin)
+
+    def layer_cost(self, T: int, heads: tuple[int, int] | None = None) -> Cost:
+        if heads is not None:
+            n, hs = heads
+            return Cost(elementwise=3 * n * round(self.fraction * hs / 2) * 2)
         return Cost(elementwise=3 * self.n_rotated)  # per rotated channel: two multiplies and an add
+
+    @classmethod
+    def rotary_channels(cls, config) -> int:
+        return round(config.rope_fraction * config.head_dim / 2) * 2
 
 
 def alibi_slopes(n_head: int) -> list[float]:
@@ -176,7 +222,7 @@ class ALiBiPosition(PositionEncoding):
         dist = relative_distance(t_q, t_k, device)  # (t_q, t_k)
         return -self.slopes.to(device).view(-1, 1, 1) * dist  # (n_head, t_q, t_k)
 
-    def layer_cost(self, T: int) -> Cost:
+    def layer_cost(self, T: int, heads: tuple[int, int] | None = None) -> Cost:
         n = self.n_head * T  # scores per token: slope x distance, add to the score
         return Cost(elementwise=2 * n)
 
@@ -217,7 +263,7 @@ class FIREPosition(PositionEncoding):
         u = self.normalized_distance(t_q, t_k, device)  # (t_q, t_k)
         return self.mlp(u.unsqueeze(-1)).permute(2, 0, 1)  # (t_q, t_k, n_head) -> (n_head, t_q, t_k)
 
-    def layer_cost(self, T: int) -> Cost:
+    def layer_cost(self, T: int, heads: tuple[int, int] | None = None) -> Cost:
         """Per token: T distances, each through psi (multiply, add, log), the division, the MLP
         (h + h n_head MACs, biases, ReLU); one normaliser per query; the bias adds to the scores."""
         h, nh = self.hidden, self.n_head

@@ -24,6 +24,7 @@ TRANSFORMS = {
     "sigmoidmax": 7,      # sigmoid(s + p2) / p3
     "softplusmax": 8,     # softplus(s) / p3 (linear above 20, as F.softplus)
     "squareplus_max": 9,  # (s + sqrt(s^2 + p2)) / 2 / p3
+    "pwl_consmax": 10,    # u = (s - p0) / p2, i = clamp(floor(u), 0, p3 - 1): 0 if u < 0 else chord of e^(i p2) / p1
 }
 NORMALISING_LIMIT = 2
 CONSMAX_MAX_EXPONENT = 80.0  # variations.softmax.ConSmax.MAX_EXPONENT
@@ -86,6 +87,11 @@ def score_weight(s, T: tl.constexpr, p0, p1, p2, p3):
         y = sigmoid(s + p2) / p3
     elif T == 8:
         y = softplus(s) / p3
+    elif T == 10:
+        u = (s - p0) / p2
+        i = tl.minimum(tl.maximum(tl.floor(u), 0.0), p3 - 1.0)
+        e0 = tl.exp(i * p2)
+        y = tl.where(u < 0.0, 0.0, e0 + (tl.exp((i + 1.0) * p2) - e0) * (u - i)) / p1
     else:
         r = tl.sqrt(s * s + p2)
         y = tl.where(s >= 0.0, 0.5 * (s + r), 0.5 * p2 / (r - tl.minimum(s, 0.0))) / p3
@@ -142,6 +148,15 @@ def score_weight_grad(s, T: tl.constexpr, p0, p1, p2, p3):
         dy = tl.where(s > 20.0, 1.0, sigmoid(s)) / p3
         d0 = zero
         d1 = zero
+    elif T == 10:
+        u = (s - p0) / p2
+        i = tl.minimum(tl.maximum(tl.floor(u), 0.0), p3 - 1.0)
+        e0 = tl.exp(i * p2)
+        slope = tl.where(u < 0.0, 0.0, (tl.exp((i + 1.0) * p2) - e0) / p2) / p1  # dy/ds: the segment's slope
+        y = tl.where(u < 0.0, 0.0, e0 + (tl.exp((i + 1.0) * p2) - e0) * (u - i)) / p1
+        dy = slope
+        d0 = -slope
+        d1 = -y / p1
     else:
         r = tl.sqrt(s * s + p2)
         y = tl.where(s >= 0.0, 0.5 * (s + r), 0.5 * p2 / (r - tl.minimum(s, 0.0))) / p3

@@ -503,3 +503,39 @@ def test_kv_cache_truncate_rolls_back_and_checks_bounds():
     assert cache.length == 3 and torch.equal(keys[:, :, :2], k[:, :, :2]) and torch.equal(keys[:, :, 2], -k[:, :, 0])
     with pytest.raises(ValueError, match="cannot truncate to 4"):
         cache.truncate(4)
+
+
+# ---------------------------------------------------------------- DyT
+
+def test_dyt_equals_formula_and_learns_alpha():
+    cfg = tiny_config(norm_variant="dyt", dyt_alpha_init=0.8)
+    dyt = create("norm", "dyt", cfg)
+    assert dyt.alpha.item() == pytest.approx(0.8)
+    with torch.no_grad():
+        dyt.weight.uniform_(0.5, 1.5)
+        dyt.bias.uniform_(-1, 1)
+    x = torch.randn(2, 5, cfg.n_embd) * 3
+    y = dyt(x)
+    torch.testing.assert_close(y, dyt.weight * torch.tanh(0.8 * x) + dyt.bias)
+    y.square().sum().backward()
+    assert dyt.alpha.grad is not None and dyt.alpha.grad != 0
+    c = dyt.cost()
+    assert c.params == sum(p.numel() for p in dyt.parameters()) == 2 * 32 + 1
+    assert c.reduce == 0 and c.sqrt == 0 and c.div == 0  # no row reduction, unlike LayerNorm / RMSNorm
+    with pytest.raises(UserError, match="--dyt_alpha_init must be a positive number"):
+        create("norm", "dyt", tiny_config(dyt_alpha_init=0.0))
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "peri"])
+def test_dyt_serves_every_norm_site(placement):
+    cfg = tiny_config(norm_variant="dyt", norm_placement_attn=placement, norm_placement_mlp=placement)
+    model = GPT(cfg)
+    norms = [m for m in model.modules() if type(m).__name__ == "DyT"]
+    assert len(norms) == cfg.n_layer * (4 if placement == "peri" else 2) + 1  # the blocks' and the final norm
+    assert model.learned_constants()["transformer.ln_f.alpha"] == pytest.approx(0.5)
+    mixed = GPT(tiny_config(norm_variant_layerlist=["dyt", "rmsnorm"], norm_variant_final="dyt"))
+    assert [type(b.ln_1).__name__ for b in mixed.transformer.h] == ["DyT", "RMSNorm"]
+    assert type(mixed.transformer.ln_f).__name__ == "DyT"
+    idx = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    _, loss = model(idx, idx)
+    assert torch.isfinite(loss)

@@ -93,7 +93,7 @@ def compare(out, ref, inputs_out, inputs_ref, dtype, what):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
-@pytest.mark.parametrize("name", names("softmax"))
+@pytest.mark.parametrize("name", [n for n in names("softmax") if kernels.has_kernel(get("softmax", n))])  # the rest have no kernel (test_softmax_pwl.py)
 def test_row_kernel(name, dtype):
     for shape in ROWS:
         m = normaliser(name, tiny_config(n_head=shape[1], n_embd=shape[1] * 8))

@@ -19,7 +19,7 @@ from errors import UserError
 
 def launch_rank() -> int:
     """This process's rank from torchrun's environment (0 for a single process), readable before the
-    process group exists: train.py locks the run directory on rank 0 before joining the group."""
+    process group exists."""
     return int(os.environ.get("RANK", 0))
 
 
@@ -59,6 +59,16 @@ class Distributed:
         out = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def agree(self, problem: str | None) -> str | None:
+        """Every rank learns the first rank's problem (a refusal only one rank can see, such as rank 0's
+        run-directory checks), so all of them stop with it instead of waiting at the next collective."""
+        if not self.enabled:
+            return problem
+        for rank, p in enumerate(self.gather(problem)):
+            if p:
+                return p if rank == self.rank else f"(rank {rank}) {p}"
+        return None
 
     def close(self):
         if self.enabled and dist.is_initialized():

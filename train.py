@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from data.dataset import TokenData, check_token_ids, load_meta, resolve_data_dir
 from data.sft import SFTData
 from data.tokenizer import load_tokenizer
 from devices import autocast, choose_device, choose_dtype, estimate_mfu, peak_flops, peak_memory_bytes
-from distributed import Distributed, full_state_dicts, fully_shard_model, launch_rank, load_full_state_dicts
+from distributed import Distributed, full_state_dicts, fully_shard_model, load_full_state_dicts
 from errors import UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab
 from io_utils import load_checkpoint
@@ -47,7 +47,7 @@ from ppa.report import ppa_tables
 from provenance import fingerprint, provenance
 from run_dir import METRICS, SUMMARY, RunDir, disk_full_error, ppa_summary_keys, resolve_checkpoint
 from train_args import TrainConfig
-from train_log import Reporter, summary_writer_class, truncate_metrics
+from train_log import Reporter, summary_writer_class, truncate_metrics, write_hparams
 from variations import kernels
 from variations.cost import cost_table, group_by_component, per_token_summary
 
@@ -337,15 +337,25 @@ def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
     run = RunDir(tc.out_dir)
-    # one training process per run directory, for its whole life; under torchrun rank 0 holds it for all
-    with run.lock() if launch_rank() == 0 else nullcontext():
-        if tc.init_from != "resume" and launch_rank() == 0:
-            run.check_new(tc.overwrite)  # again, holding the lock: another run may have started here meanwhile
-        dd = Distributed(tc.device)
-        try:
+    dd = Distributed(tc.device)
+    try:
+        with ExitStack() as held:
+            # one training process per run directory, for its whole life; under torchrun rank 0 holds it for
+            # all, and its refusal reaches every rank (on other nodes too) before any of them waits for it
+            problem = None
+            if dd.master:
+                try:
+                    held.enter_context(run.lock())
+                    if tc.init_from != "resume":
+                        run.check_new(tc.overwrite)  # again, holding the lock: another run may have started meanwhile
+                except UserError as e:
+                    problem = str(e)
+            problem = dd.agree(problem)
+            if problem:
+                raise UserError(problem)
             return _train(model_config, tc, meta, ckpt, dd, run, on_eval, ppa)
-        finally:
-            dd.close()
+    finally:
+        dd.close()
 
 
 def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | None, dd: Distributed,
@@ -514,6 +524,9 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     result = make_summary("completed")
     if dd.master:
         run.write_summary(result)
+        if tc.tensorboard:
+            write_hparams(run.path, {**{f"model/{k}": v for k, v in asdict(model_config).items()},
+                                     **{f"train/{k}": v for k, v in asdict(tc).items()}}, result, result["iters"])
         best = f"{result['best_val_loss']:.4f}" if result["best_val_loss"] is not None else "n/a"
         report.line(f"done ({stop_reason}): best val loss {best} at step {result['best_iter']}, "
                     + (f"{result['tokens_per_s']:,.0f} tokens/s, " if result["tokens_per_s"] else "")

@@ -8,6 +8,10 @@
 #
 # A torch that the creating interpreter can already import (say a CUDA build) is kept: the environment
 # then sees the system's site-packages. Without one, torch==2.13.0 is installed first.
+#
+# System tools from Debian packages: the PostgreSQL server (the multi-worker Optuna tests start a
+# throw-away one). As root on Debian/Ubuntu they are installed (apt-get update once first); otherwise
+# the one command to run is printed. PPA_NO_APT=1 skips this step.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${PPA_VENV:-$ROOT/.venv}
@@ -41,3 +45,18 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 export PY
+
+# ---- system packages (Debian/Ubuntu)
+APT_PACKAGES="postgresql"
+missing=""
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+if [ -n "$missing" ] && [ "${PPA_NO_APT:-0}" != "1" ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing Debian packages:$missing"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+  else
+    echo "note: the PostgreSQL tests need the server binaries; install them with:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y $APT_PACKAGES" >&2
+  fi
+fi

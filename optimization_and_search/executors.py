@@ -218,6 +218,63 @@ class JobLaunch(launch.Launch):
         return self.exit_code
 
 
+LIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+        "REQUEUE_FED")  # SLURM states of a job that will still write its run directory
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def attach(cfg: SubmititConfig, job_id: str, settings: dict, run_dir: str | Path) -> JobLaunch | None:
+    """The handle of a job that a driver killed meanwhile submitted, while the job still runs (SLURM: its
+    sacct state; submitit's local cluster: its controller's pid), so that a resumed driver waits for it
+    instead of starting the run a second time beside it; None once it has ended."""
+    import submitit
+    if cfg.cluster == "slurm":
+        job = submitit.SlurmJob(folder=cfg.folder, job_id=str(job_id))
+        if job.state.upper().split(" ")[0] not in LIVE:
+            return None
+    elif cfg.cluster == "local" and str(job_id).isdigit() and pid_alive(int(job_id)):
+        job = _OrphanLocalJob(cfg.folder, str(job_id))
+    else:
+        return None
+    run = RunDir(run_dir)
+    handle = JobLaunch(dict(settings), run, launch.train_argv(settings, run.path, True))
+    handle.job = job
+    return handle
+
+
+def _orphan_local_job_class():
+    from submitit.local.local import LocalJob
+
+    class OrphanLocalJob(LocalJob):
+        """A local-cluster job whose driver died: followed by its controller's pid."""
+
+        def done(self, force_check: bool = False) -> bool:
+            return not pid_alive(int(self.job_id))
+
+        @property
+        def state(self) -> str:
+            return "RUNNING" if pid_alive(int(self.job_id)) else "FINISHED"
+
+        def cancel(self, check: bool = True) -> None:
+            import signal
+            if pid_alive(int(self.job_id)):
+                os.kill(int(self.job_id), signal.SIGINT)
+    return OrphanLocalJob
+
+
+def _OrphanLocalJob(folder, job_id):  # noqa: N802 - a class made on first use (submitit is optional)
+    return _orphan_local_job_class()(folder, job_id)
+
+
 def submit(executor, runs: list[tuple[dict, str | Path, bool, dict]]) -> list[JobLaunch]:
     """Submit (settings, run_dir, resume, env) runs as jobs (one array when there are several) and return
     their handles at once. The run directory is prepared here (launch's fresh-start clean-up); the job

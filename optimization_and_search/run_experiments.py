@@ -194,7 +194,17 @@ class Runner:
     def submit(self, tasks: list[Task]):
         """Submit the tasks as submitit jobs (one array), each with the threads of its job's CPUs."""
         cfg, executor = self.submitit
-        runs = []
+        runs, fresh = [], []
+        for t in tasks:  # a job a killed runner submitted and that still runs: wait for it, never start a twin
+            marker = RunDir(t.out_dir).read_json_or_none(RUN_MARKER) or {}
+            job = marker.get("job_id") and marker.get("settings") == t.settings and \
+                executors.attach(cfg, marker["job_id"], t.settings, t.out_dir)
+            if job:
+                t.run, t.started, t.started_at, t.state = job, job.started, marker.get("started_at"), "running"
+                self.say(f"{t.name}: its job {job.job_id} still runs; waiting for it")
+            else:
+                fresh.append(t)
+        tasks = fresh
         for t in tasks:
             threads = t.settings.get("threads") or cfg.cpus_per_run
             runs.append(({**t.settings, **({"threads": threads} if threads else {})}, t.out_dir, t.resume, {}))

@@ -130,3 +130,35 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, c
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     assert metrics[-1]["iter"] == 400
     assert yaml.safe_load((run_dir / "config.json").read_text())["train"]["max_iters"] == 400
+
+
+@pytest.mark.slow
+def test_a_rerun_after_the_runner_was_killed_waits_for_its_job_instead_of_starting_a_twin(tmp_path, char_data, capsys):
+    """Jobs outlive a killed runner (on SLURM, and on submitit's local cluster): the rerun adopts the job
+    its run marker names and logs its result, as the local executor's rerun logs its resumed run."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    config = tmp_path / "orphan.yaml"
+    config.write_text(f"preset: debug\nmax_iters: 150\neval_interval: 5\nthreads: 1\ndevice: cpu\ndataset: {char_data}\n")
+    config = str(config)
+    cmd = [sys.executable, "optimization_and_search/run_experiments.py",
+           *sweep_args(tmp_path, config, "--executor", "submitit", "--cluster", "local")]
+    runner = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "out" / "run"
+    end = time.time() + 600
+    while not (run_dir / "ckpt_last.pt").exists():
+        assert time.time() < end and runner.poll() is None
+        time.sleep(0.2)
+    runner.kill()
+    runner.wait()
+    job_id = json.loads((run_dir / "sweep_run.json").read_text())["job_id"]
+    assert executors.pid_alive(int(job_id))  # the job goes on without its runner
+    res = main(sweep_args(tmp_path, config, "--executor", "submitit", "--cluster", "local"))
+    assert f"its job {job_id} still runs; waiting for it" in capsys.readouterr().out
+    (doc,) = load_log(res["log"])
+    assert doc["status"] == "completed" and doc["summary"]["iters"] == 150
+    commands = [line for line in (run_dir / "train.log").read_text().splitlines() if line.startswith("$ ")]
+    assert len(commands) == 1  # trained once, by the job the first runner submitted

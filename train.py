@@ -173,9 +173,12 @@ class Trainer:
 
     # -- checkpoint state; every rank must call state_dict (it gathers the ranks' sampler states)
     def state_dict(self, wall_time: float) -> dict:
-        rng = {"torch": torch.get_rng_state(), "data": self.dd.gather(self.train_gen.get_state())}
+        # every rank's generators (dropout differs across ranks); "torch"/"cuda" stay rank 0's for older readers
+        rng = {"torch": torch.get_rng_state(), "data": self.dd.gather(self.train_gen.get_state()),
+               "torch_ranks": self.dd.gather(torch.get_rng_state())}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            rng["cuda_ranks"] = self.dd.gather(rng["cuda"].cpu())
         if self.tc.fsdp:  # the same layout as unsharded runs: sample.py, export and resume read it alike
             model_sd, optim_sd = full_state_dicts(self.model, self.optimizer)
         else:
@@ -217,9 +220,13 @@ class Trainer:
         self.best_iter, self.evals_since_best = ckpt["best_iter"], ckpt["evals_since_best"]
         self.wall_time_prev, self.last_val_loss = ckpt["wall_time_s"], ckpt.get("last_val_loss")
         rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"])
+
+        def own(key):  # this rank's state when the checkpoint has one per rank (older ones: rank 0's for all)
+            states = rng.get(f"{key}_ranks")
+            return states[self.dd.rank] if states and self.dd.rank < len(states) else rng[key]
+        torch.set_rng_state(own("torch"))
         if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+            torch.cuda.set_rng_state(own("cuda"), self.device)
         if self.dd.rank < len(rng["data"]):
             self.train_gen.set_state(rng["data"][self.dd.rank])
         elif self.dd.master:

@@ -113,7 +113,7 @@ def job_process(folder: Path) -> int:
 def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, char_data):
     cfg = executors.SubmititConfig(cluster="local", folder=str(tmp_path / "jobs"))
     run_dir = tmp_path / "run"
-    settings = {"preset": "debug", "max_iters": 400, "eval_interval": 5, "dataset": str(char_data), "device": "cpu",
+    settings = {"preset": "debug", "max_iters": 60, "eval_interval": 5, "dataset": str(char_data), "device": "cpu",
                 "threads": 1}
     (handle,) = executors.submit(executors.build(cfg, "preempt"), [(settings, run_dir, False, {})])
     end = time.time() + 600
@@ -126,10 +126,10 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path, c
     commands = [line for line in log.splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and "--overwrite" in commands[0] and "--init_from resume" in commands[1]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["iters"] == 400
+    assert summary["status"] == "completed" and summary["iters"] == 60
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    assert metrics[-1]["iter"] == 400
-    assert yaml.safe_load((run_dir / "config.json").read_text())["train"]["max_iters"] == 400
+    assert metrics[-1]["iter"] == 60
+    assert yaml.safe_load((run_dir / "config.json").read_text())["train"]["max_iters"] == 60
 
 
 @pytest.mark.slow

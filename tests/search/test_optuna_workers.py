@@ -167,11 +167,12 @@ def test_three_workers_share_one_budget_and_a_killed_workers_trial_is_retried(ki
     victim, _ = start_worker(9, space, storage, tmp_path)
     workers = [start_worker(i, space, storage, tmp_path) for i in range(3)]
     try:
-        study, end = None, time.time() + 300
+        study, end, reader = None, time.time() + 300, None
         while study is None:  # the workers create it
             try:
-                study = optuna.load_study(study_name="shared", storage=ow.open_storage(storage, 0))
-            except KeyError:
+                reader = reader or ow.open_storage(storage, 0)  # one connection pool for all the polling
+                study = optuna.load_study(study_name="shared", storage=reader)
+            except (KeyError, UserError):  # no study yet (or the tables are being created)
                 assert time.time() < end and all(p.poll() is None for p, _ in workers), \
                     "\n".join(out.read_text()[-2000:] for _, out in workers)
                 time.sleep(0.1)
@@ -185,7 +186,7 @@ def test_three_workers_share_one_budget_and_a_killed_workers_trial_is_retried(ki
     assert codes == [0, 0, 0], "\n".join(o[-3000:] for o in outputs)
     assert not any("Traceback" in o for o in outputs)
 
-    trials = optuna.load_study(study_name="shared", storage=ow.open_storage(storage, 0)).trials
+    trials = optuna.load_study(study_name="shared", storage=reader).trials
     numbers = [t.number for t in trials]
     assert len(set(numbers)) == len(numbers)  # unique trial numbers
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

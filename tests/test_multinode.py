@@ -85,6 +85,6 @@ def test_a_refusal_only_rank_0_sees_stops_every_rank_at_once(char_data, tmp_path
     assert time.time() - start < 240  # not a collective's timeout
     assert all(r.returncode != 0 for r in results)
     errors = [r.stderr for r in results]
-    assert sum(f"{out} is in use by another process (pid {os.getpid()})" in e for e in errors) == 2, errors
+    assert sum(f"{out} is in use by another training run (pid {os.getpid()})" in e for e in errors) == 2, errors
     assert sum("(rank 0)" in e for e in errors) == 1  # the other node says whose refusal it is
     assert not (out / "summary.json").exists()

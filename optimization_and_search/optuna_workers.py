@@ -162,9 +162,13 @@ def retry_of(trial) -> int | None:
 def retry_callback():
     """Optuna's callback that queues a stale trial's parameters again, once (a retry of a retry is not
     retried). Optuna 4.9 renamed RetryFailedTrialCallback to RetryHeartbeatStaleTrialCallback."""
+    import warnings
+
     import optuna
     cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    return cls(max_retry=1)
+    with warnings.catch_warnings():  # "experimental (supported from v2.8.0)"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(max_retry=1)
 
 
 class StaleTrial:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import variations  # noqa: F401  (fills the registry: variant names and knobs)
 from errors import UserError, unknown_name_message
+from hardware import fixed
 from variations.act_quant import GRANULARITIES, SCHEMES, SITES, check_site_bits
 from variations.kernels import KERNEL_CHOICES
 from variations.registry import all_knobs, get, normalize
@@ -190,6 +191,16 @@ class _CoreConfig:
     act_quant_granularity: str = _f("per_token", "range of the activation sites: per_token (each token its own, "
                                     "dynamic, causal) or per_tensor (one static range per site and layer: a moving "
                                     "average in training, calibrated by analysis/ptq.py)", choices=GRANULARITIES)
+
+    # --- the attention normaliser as its hardware unit (hardware/forward.py, hardware/fixed.py) ---
+    softmax_hw_bits: int = _f(None, "run the attention normaliser's forward pass through the bit-exact integer model "
+                              "of its generated RTL unit (hardware/): input width in bits (Q(b-b/2).(b/2)); "
+                              "backward stays floating point (straight-through); unset: floating point",
+                              minimum=fixed.MIN_BITS, maximum=fixed.MAX_BITS)
+    softmax_hw_out_bits: int = _f(None, "output width of the hardware unit (UQ0.bits); default: --softmax_hw_bits",
+                                  minimum=fixed.MIN_BITS, maximum=fixed.MAX_BITS)
+    softmax_hw_exp: str = _f(None, "exponential of the hardware unit: lut_interp (table + linear interpolation) or "
+                             "shift_lut (table + shift); default: the unit's (hardware/fixed.py)", choices=fixed.EXP_IMPLS)
 
     # --- per-layer lists, cycled over the layers; None: every layer uses the field without _layerlist ---
     attention_variant_layerlist: list = _f(None, "attention per layer, cycled", registry="attention", layerlist_of="attention_variant")

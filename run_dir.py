@@ -7,6 +7,7 @@ Every module that reads or writes a run goes through here, so a file name is spe
     RUN/metrics.jsonl    one JSON record per log and eval step (train_log.py)
     RUN/summary.json     the run's numbers, keys declared in SUMMARY_FIELDS below
     RUN/cost.json        the analytic cost per component (variations/cost.py)
+    RUN/activation_stats.jsonl  activation statistics (--activation_stats_interval; schema: activation_stats.py)
     RUN/ckpt_last.pt     the latest state: model, optimiser, RNG, counters (resume reads it)
     RUN/ckpt_best.pt     the state at the best validation loss (sampling reads it by default)
     RUN/tensorboard/     TensorBoard scalars (--tensorboard)
@@ -44,6 +45,7 @@ META = "meta.json"  # the data set's description (data.dataset.META), copied int
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 COST = "cost.json"
+ACTIVATION_STATS = "activation_stats.jsonl"
 CKPT_LAST = "ckpt_last.pt"
 CKPT_BEST = "ckpt_best.pt"
 TENSORBOARD = "tensorboard"
@@ -51,7 +53,7 @@ CHECKPOINTS = {"best": CKPT_BEST, "last": CKPT_LAST}  # --ckpt NAME -> file
 CHECKPOINT_CHOICES = tuple(CHECKPOINTS)
 LOCK = ".ppa_gpt.lock"
 # the files of a training run's results, cleared when a new run starts in the folder (--overwrite)
-RESULT_FILES = (METRICS, SUMMARY, CKPT_BEST, CKPT_LAST)
+RESULT_FILES = (METRICS, SUMMARY, CKPT_BEST, CKPT_LAST, ACTIVATION_STATS)
 # every file a run writes (and tensorboard/): what --overwrite replaces; other files are the user's
 OWN_FILES = (CONFIG, META, COST, *RESULT_FILES)
 

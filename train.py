@@ -33,7 +33,9 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import pretrained
 import train_args
+from activation_stats import ActivationStats, append_rows, parse_range
 from data.dataset import TokenData, check_token_ids, load_meta, resolve_data_dir
 from data.sft import SFTData
 from data.tokenizer import load_tokenizer
@@ -45,10 +47,12 @@ from io_utils import load_checkpoint
 from model import GPT
 from ppa.report import ppa_tables
 from provenance import fingerprint, provenance
-from run_dir import METRICS, SUMMARY, RunDir, disk_full_error, ppa_summary_keys, resolve_checkpoint
+from run_dir import ACTIVATION_STATS, METRICS, SUMMARY, RunDir, disk_full_error, ppa_summary_keys, resolve_checkpoint
 from train_args import TrainConfig
 from train_log import Reporter, summary_writer_class, truncate_metrics, write_hparams
 from variations import kernels
+from variations.lr_schedule import build_schedule
+from variations.optimizer import build_optimizer, optimizer_line
 from variations.cost import cost_table, group_by_component, per_token_summary
 
 # Evaluation batches come from their own generator with a fixed seed (per rank), independent of --seed:
@@ -72,16 +76,11 @@ def check_finite(loss: float | None, what: str, it: int, tc: TrainConfig) -> Non
 
 # ---------------------------------------------------------------------------------------- setup
 def get_lr(it: int, tc: TrainConfig) -> float:
-    """Linear warmup over warmup_iters, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    """The learning rate of step it: linear warmup over warmup_iters, then --lr_schedule
+    (variations/lr_schedule.py; cosine to min_lr at lr_decay_iters by default); --no-decay_lr: constant."""
     if not tc.decay_lr:
         return tc.learning_rate
-    if it < tc.warmup_iters:
-        return tc.learning_rate * (it + 1) / (tc.warmup_iters + 1)
-    decay_iters = tc.lr_decay_iters or tc.max_iters
-    if it >= decay_iters:
-        return tc.min_lr
-    ratio = (it - tc.warmup_iters) / (decay_iters - tc.warmup_iters)  # 0 -> 1
-    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (tc.learning_rate - tc.min_lr)
+    return build_schedule(tc).lr(it)
 
 
 # ---------------------------------------------------------------------------------------- trainer
@@ -108,8 +107,7 @@ class Trainer:
         self.model.gradient_checkpointing = tc.gradient_checkpointing
         if tc.fsdp:
             fully_shard_model(self.model)  # before the optimiser: it must hold the sharded parameters
-        self.optimizer = self.model.configure_optimizers(tc.weight_decay, tc.learning_rate,
-                                                         (tc.beta1, tc.beta2), self.device.type)
+        self.optimizer = build_optimizer(self.model, tc, self.device.type)  # --optimizer (variations/optimizer.py)
         # fp16 needs loss scaling; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.autocast = autocast(self.device, self.dtype)
@@ -134,7 +132,7 @@ class Trainer:
     def train_step(self) -> torch.Tensor:
         lr = get_lr(self.iter_num, self.tc)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr  # muon's matrices: their own peak
         total = torch.zeros((), device=self.device)
         for micro in range(self.accum):
             x, y = self.data.batch("train", self.train_gen)
@@ -193,18 +191,28 @@ class Trainer:
         }
 
     def load_weights(self, ckpt: dict):
-        """--init_from RUN: the model's weights only; optimiser, step count and RNG start fresh."""
+        """--init_from RUN: the model's weights only; optimiser, step count and RNG start fresh. GPT-2
+        weights (pretrained.py) name the parameters they lack (new components'), which keep their init."""
+        new = set(ckpt.get("new_parameters", ()))
         try:
             if self.tc.fsdp:  # every rank holds the full weights and keeps its shard
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-                set_model_state_dict(self.model, ckpt["model"], options=StateDictOptions(full_state_dict=True))
+                set_model_state_dict(self.model, ckpt["model"],
+                                     options=StateDictOptions(full_state_dict=True, strict=not new))
             else:
-                self.model.load_state_dict(ckpt["model"])
+                missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=not new)
+                if set(missing) != new or unexpected:
+                    raise RuntimeError(f"missing {sorted(set(missing) ^ new)[:3]}, unexpected {unexpected[:3]}")
         except (RuntimeError, KeyError) as e:
             raise UserError(f"--init_from checkpoint does not match the model it describes "
                             f"({str(e).splitlines()[0]}); it is corrupt or from another version") from None
 
     def load_state_dict(self, ckpt: dict):
+        saved = ckpt["train_config"].get("optimizer", "adamw")  # checkpoints before --optimizer: AdamW's state
+        if saved != self.tc.optimizer:
+            raise UserError(f"--optimizer {self.tc.optimizer} differs from the checkpoint's {saved}, whose state "
+                            "cannot carry over on resume; drop the flag, or start from its weights in a new run "
+                            "(--init_from RUN --out_dir NEW)")
         try:
             if self.tc.fsdp:
                 load_full_state_dicts(self.model, self.optimizer, ckpt["model"], ckpt["optimizer"])
@@ -240,8 +248,9 @@ def init_checkpoint_path(init_from: str) -> Path:
     path = Path(init_from)
     if path.is_dir() or path.is_file():
         return resolve_checkpoint(path)
-    raise UserError(f"--init_from {init_from}: not {', '.join(train_args.INIT_FROM)}, nor an existing run directory "
-                    "or checkpoint file; give one of those")
+    raise UserError(f"--init_from {init_from}: not {', '.join(train_args.INIT_FROM)}, a GPT-2 size "
+                    f"({', '.join(pretrained.SIZES)}), an existing run directory or checkpoint file, nor a Hugging Face "
+                    "GPT-2 folder or .safetensors file; give one of those")
 
 
 # model settings that may differ from an --init_from checkpoint: they change no weight
@@ -251,6 +260,14 @@ INIT_FROM_MAY_CHANGE = ("dropout",)
 def load_init(tc: TrainConfig, model_flags: dict) -> tuple[dict, GPTConfig, dict]:
     """--init_from RUN: (RUN's checkpoint, its model config, the data meta). The tokenizer is RUN's
     (its meta.json); SFT needs no --dataset, continued pre-training checks that --dataset shares it."""
+    if pretrained.is_gpt2_source(tc.init_from):  # Hugging Face GPT-2 weights (pretrained.py)
+        model_config, state, new = pretrained.load_gpt2(tc.init_from, model_flags)
+        if tc.sft_data:  # conversations are tokenized by GPT-2's BPE
+            meta = {**pretrained.GPT2_TOKENIZER, "vocab_size": model_config.vocab_size}
+        else:
+            meta = load_meta(resolve_data_dir(tc.dataset))
+            pretrained.check_tokenizer(meta, tc.dataset)
+        return {"model": state, "new_parameters": new}, model_config, meta
     path = init_checkpoint_path(tc.init_from)
     if path.parent.resolve() == Path(tc.out_dir).resolve():
         raise UserError(f"--out_dir {tc.out_dir} is the run --init_from starts from; choose another --out_dir")
@@ -391,6 +408,7 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
             run.clear_results()
         else:
             truncate_metrics(run.file(METRICS), start_iter)
+            truncate_metrics(run.file(ACTIVATION_STATS), start_iter - 1)  # its step start_iter is recorded again
         run.write_config(train_args.resolved_dict(model_config, tc))
         run.write_meta(meta)
     cost_rows = model.cost(model_config.block_size)
@@ -412,6 +430,11 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     kernel_line = kernels.describe(model, trainer.device)  # --softmax_kernel: the choice and why, once per run
     if kernel_line:
         report.line(kernel_line)
+    if optimizer_line(model, tc):  # muon: which parameters go to Muon and which to AdamW
+        report.line(optimizer_line(model, tc))
+    # --activation_stats_interval: hooks exist only during the recorded steps (activation_stats.py), on rank 0
+    stats = (ActivationStats(model, parse_range(tc.activation_stats_range))
+             if tc.activation_stats_interval and dd.master else None)
     if tc.sft_data:
         report.line(trainer.data.summary)
     sft = {"sft": True} if tc.sft_data else {}  # marks records whose losses are on completion tokens only
@@ -492,7 +515,12 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
                 break
 
             t0 = time.time()
+            recording = stats is not None and it % tc.activation_stats_interval == 0
+            if recording:
+                stats.attach()
             loss = trainer.train_step()
+            if recording:
+                append_rows(run.file(ACTIVATION_STATS), stats.detach(it))
             it = trainer.iter_num
             if it % tc.log_interval == 0 or it == tc.max_iters:
                 last_loss = loss.item()  # synchronises with the device
@@ -563,14 +591,14 @@ def print_variants():
     from rich.console import Console
     from rich.table import Table
 
-    from gpt_conf import component_flags
-    from variations.registry import KINDS, describe
+    from variations.__main__ import kind_flags
+    from variations.registry import KINDS, TRAINING_KINDS, describe
     table = Table(title="registered components (details and knobs: docs/variations.md)")
     for col in ("kind", "flag", "name", "description"):
         table.add_column(col)
-    for kind in KINDS:
+    for kind in KINDS + TRAINING_KINDS:  # the model's components, then the optimiser and the schedule
         for i, (name, doc) in enumerate(describe(kind)):
-            table.add_row(kind if i == 0 else "", f"--{component_flags(kind)[0]}" if i == 0 else "", name, doc)
+            table.add_row(kind if i == 0 else "", f"--{kind_flags(kind)[0]}" if i == 0 else "", name, doc)
         table.add_section()
     console = Console()
     (console if console.is_terminal else Console(width=200)).print(table)

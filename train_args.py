@@ -12,6 +12,7 @@ the registry. Precedence, lowest to highest:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -25,7 +26,9 @@ from pathlib import Path
 from errors import ArgumentParser, UserError, unknown_name_message
 from io_utils import read_data_file
 from devices import DTYPES, choose_device
+from activation_stats import parse_range
 from gpt_conf import BOUNDS, GPTConfig, base_type, check_value, estimate_train_bytes
+from variations.registry import all_knobs, check_training_settings
 
 INIT_FROM = ("scratch", "resume")  # or a run directory / checkpoint file to take the weights from
 
@@ -47,16 +50,21 @@ class TrainConfig:
     max_iters: int = _f(5000, "optimiser steps to train for", "training", minimum=0)
     max_seconds: float = _f(None, "stop after this much wall time (seconds, summed over resumes)", "training", above=0.0)
     max_tokens: int = _f(None, "stop after this many training tokens", "training", minimum=1)
+    optimizer: str = _f("adamw", "optimiser (variations/optimizer.py; its knobs: the 'optimizer and schedule' group)",
+                        "training", registry="optimizer")
+    lr_schedule: str = _f("cosine", "learning-rate schedule after the warmup (variations/lr_schedule.py; draw one: "
+                          "python -m analysis.plot_lr_schedule)", "training", registry="lr_schedule")
     learning_rate: float = _f(6e-4, "peak learning rate", "training", above=0.0)
-    min_lr: float = _f(None, "final learning rate of the cosine decay; default learning_rate / 10", "training",
-                       minimum=0.0)
+    min_lr: float = _f(None, "final learning rate of the decay (cosine, linear, wsd); default learning_rate / 10",
+                       "training", minimum=0.0)
     warmup_iters: int = _f(100, "linear warmup steps", "training", minimum=0)
-    lr_decay_iters: int = _f(None, "step where the cosine decay reaches min_lr; default max_iters", "training",
+    lr_decay_iters: int = _f(None, "step where the decay reaches min_lr; default max_iters", "training",
                               minimum=1)
-    decay_lr: bool = _f(True, "warmup + cosine schedule (off: constant learning_rate)", "training")
-    weight_decay: float = _f(0.1, "AdamW weight decay (matrices and embeddings only)", "training", minimum=0.0)
-    beta1: float = _f(0.9, "AdamW beta1", "training", minimum=0.0, below=1.0)
-    beta2: float = _f(0.95, "AdamW beta2", "training", minimum=0.0, below=1.0)
+    decay_lr: bool = _f(True, "warmup + --lr_schedule (off: constant learning_rate from step 0)", "training")
+    weight_decay: float = _f(0.1, "weight decay (matrices and embeddings only): decoupled for adamw, lion, "
+                             "adafactor, muon; an L2 term for adam and sgd", "training", minimum=0.0)
+    beta1: float = _f(0.9, "beta1 of adamw, adam, lion (and muon's AdamW part)", "training", minimum=0.0, below=1.0)
+    beta2: float = _f(0.95, "beta2 of adamw, adam, lion (and muon's AdamW part)", "training", minimum=0.0, below=1.0)
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)", "training", minimum=0.0)
     patience: int = _f(None, "early stopping: evaluations without a better val loss before stopping", "training",
                         minimum=1)
@@ -66,7 +74,9 @@ class TrainConfig:
     seed: int = _f(1337, "random seed (weights, dropout, batches)", "training")
     init_from: str = _f("scratch", "scratch: a new model; resume: continue the run in out_dir from ckpt_last.pt; "
                         "RUN (a run directory or checkpoint file): start from its weights, model config and tokenizer "
-                        "with a fresh optimiser and step count (fine-tuning, continued pre-training)", "training")
+                        "with a fresh optimiser and step count (fine-tuning, continued pre-training); gpt2, "
+                        "gpt2-medium, gpt2-large, gpt2-xl (the local Hugging Face cache) or a Hugging Face GPT-2 folder "
+                        "or .safetensors file: OpenAI's GPT-2 weights (pretrained.py)", "training")
     # --- supervised fine-tuning ---
     sft_data: str = _f(None, "JSONL file of {prompt, completion} or {messages} lines: fine-tune on the assistant's "
                        "tokens only (losses are on completion tokens); usually with --init_from RUN", "fine-tuning")
@@ -82,6 +92,12 @@ class TrainConfig:
     print_cost: bool = _f(False, "print the hardware cost per component before training: operation counts (MACs, "
                           "exp, div, ... per token) and the PPA estimate on --ppa_target (energy, latency, area)",
                           "logging")
+    activation_stats_interval: int = _f(None, "record activation statistics (abs max, RMS, kurtosis, share outside "
+                                        "--activation_stats_range) per layer and site every this many steps, on the "
+                                        "training batch, to OUT_DIR/activation_stats.jsonl (activation_stats.py); "
+                                        "unset: no hooks at all", "logging", minimum=1)
+    activation_stats_range: str = _f("8:4", "BITS:POINT, the signed fixed-point format whose overflow the activation "
+                                     "statistics count (8:4 holds -8 .. 7.9375)", "logging")
     tensorboard: bool = _f(False, "also write the logged scalars (losses, lr, tokens/s, MFU) to OUT_DIR/tensorboard/ "
                            "(needs: pip install tensorboard)", "logging")
     # --- hardware estimate (ppa/estimate.py; written to summary.json) ---
@@ -112,9 +128,30 @@ class TrainConfig:
                                               flag=True))
         if self.min_lr is None:
             self.min_lr = self.learning_rate / 10
+        check_training_settings(self)  # --optimizer and --lr_schedule with their knobs
+        parse_range(self.activation_stats_range)
+        if self.activation_stats_interval and self.compile:
+            raise UserError("--activation_stats_interval records through forward hooks, which --compile would "
+                            "recompile around at every recorded step; drop one of them")
         if self.out_dir is None:
             self.out_dir = default_out_dir(str(Path(self.sft_data).with_suffix("")) if self.sft_data else self.dataset)
 
+
+def _knob_field(k):
+    meta = {"help": k.help, "group": "optimizer and schedule", "knob": True}
+    if k.choices is not None:
+        meta["choices"] = k.choices
+    if k.minimum is not None:
+        meta["minimum"] = k.minimum
+    return (k.name, k.value_type, field(default=k.default, metadata=meta))
+
+
+# TrainConfig = the fields above + one field per knob of an optimiser or schedule (scope "train",
+# declared beside the variant in variations/optimizer.py and variations/lr_schedule.py)
+TrainConfig = dataclasses.make_dataclass("TrainConfig", [_knob_field(k) for k in all_knobs("train")],
+                                         bases=(TrainConfig,))
+TrainConfig.__module__ = __name__
+TrainConfig.__doc__ = "The training settings: data, optimiser and schedule, logging, hardware estimate, system."
 
 # Named starting points; flags and --config override them.
 PRESETS: dict[str, dict] = {
@@ -288,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", type=_preset_type, metavar="{" + ",".join(sorted(PRESETS)) + "}",
                    help="named starting point (config file and flags override it)")
     p.add_argument("--list_variants", action="store_true", help="print every registered component and exit")
-    groups = {g: p.add_argument_group(g) for g in ("model", "data", "training", "fine-tuning", "logging", "hardware estimate", "system")}
+    groups = {g: p.add_argument_group(g) for g in ("model", "data", "training", "optimizer and schedule", "fine-tuning", "logging", "hardware estimate", "system")}
     for spec in _schema().values():
         default = spec.default
         help_text = spec.help + (f" (default: {default})" if default is not None else "")

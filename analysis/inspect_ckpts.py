@@ -4,6 +4,7 @@
     python analysis/inspect_ckpts.py out/sweep --filter 'consmax' --sort n_layer --desc --csv runs.csv
     python analysis/inspect_ckpts.py out --watch 30                # refresh every 30 s while runs train
     python analysis/inspect_ckpts.py out --from_ckpt --json runs.json
+    python analysis/inspect_ckpts.py out/stats --activation_stats  # + the last activation statistics
 
 A run is a folder below DIR (DIR itself included) holding summary.json or a checkpoint (ckpt_last.pt,
 ckpt_best.pt). Its numbers come from summary.json and its settings from config.json, which are small and
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--watch", type=float, metavar="SECONDS",
                    help="redraw the table every SECONDS (re-reading the runs) until Ctrl-C")
     p.add_argument("--watch_count", type=int, metavar="N", help="with --watch: stop after N tables")
+    p.add_argument("--activation_stats", action="store_true",
+                   help="also print each run's last recorded activation statistics (--activation_stats_interval)")
     args = p.parse_args(argv)
     if args.watch is not None and args.watch <= 0:
         raise UserError(f"--watch must be a positive number of seconds, got {args.watch}")
@@ -234,6 +237,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows, table = refresh()
     if args.watch is None:
         console.print(table)
+        if args.activation_stats:
+            from analysis.plot_activation_stats import print_final
+            from run_dir import ACTIVATION_STATS
+            for _, run_dir in find_runs(args.root, args.filter, markers=(ACTIVATION_STATS,)):
+                print_final(run_dir, console)
         return rows
     from rich.live import Live
     with Live(table, console=console, auto_refresh=False) as live:

@@ -2,6 +2,7 @@
 
     python analysis/summarize_runs.py out
     python analysis/summarize_runs.py out --filter 'consmax' --sort tokens_per_s --csv runs.csv
+    python analysis/summarize_runs.py out --activation_stats   # + each run's last activation statistics
 
 Columns come from each run's summary.json and config.json (named keys, never positions), so older
 and newer runs line up. Runs whose summary says "running" were stopped or are still going.
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--sort", default="best_val_loss", help="column to sort by")
     p.add_argument("--descending", action="store_true", help="largest first")
     p.add_argument("--csv", help="also write the table (all columns) to this CSV file")
+    p.add_argument("--activation_stats", action="store_true",
+                   help="also print each run's last recorded activation statistics (--activation_stats_interval)")
     args = p.parse_args(argv)
     root = Path(args.root)
     if not root.is_dir():
@@ -100,6 +103,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not console.is_terminal:
         console = Console(width=250)  # a pipe or file: do not squeeze the table into 80 columns
     console.print(table)
+    if args.activation_stats:
+        from analysis.plot_activation_stats import print_final
+        for r in rows:
+            print_final(root / r["run"] if (root / r["run"]).is_dir() else root, console)
     if args.csv:
         keys = list(dict.fromkeys(list(COLUMNS) + sorted(summary_keys)))
         with open(args.csv, "w", newline="") as f:

@@ -13,7 +13,10 @@ One place counts (the model's `cost(T)`), this file prices. Per component and in
   Kernel launches, synchronisation and on-chip bandwidth are not modelled.
 * area (mm^2), accelerator targets only: the MAC array, the special-function units the configuration
   needs (sized by their compositions), the vector lanes and the SRAM; and separately the SRAM that
-  would hold every weight on chip.
+  would hold every weight on chip. Where the attention normaliser has a stored gate-level synthesis
+  at the format's integer width (hardware/synthesised/, `python -m hardware.rtl docs`) and that unit
+  has an exponential (softmax, softermax, consmax), each exp unit is that synthesised normaliser unit instead (area `normaliser_units`, scaled from 180 nm to the
+  technology's node by the square of the node ratio; its delay is noted in cycles of the clock).
 
 Two phases, batch B, context T:
 
@@ -69,7 +72,8 @@ SUMMARY_KEYS = {
 }
 LIMITS = (
     "A first-order model: per-operation energies of one 45 nm table, not a synthesised design "
-    "(issue 19 brings gate-level area of the normalisers); the scaled technology is a projection.",
+    "(only the normaliser units' area comes from synthesis, where hardware/synthesised/ has it); "
+    "the scaled technology is a projection.",
     "The count does not separate elementwise adds from multiplies: each is priced half and half.",
     "Exponentials and reciprocals are polynomial and Newton compositions; lookup-table or "
     "piecewise-linear units, which cheap hardware uses, would be cheaper.",
@@ -307,20 +311,48 @@ def estimate(model, *, target: str | Target = DEFAULT_TARGET, tech: str | Tech |
     if share:
         notes.add(f"operations whose format the configuration does not state run in the default format {fmt} "
                   f"({', '.join(f'{op} {100 * s:.0f}%' for op, s in share.items() if s)})")
-    area = datapath_area(target, tech, total(decode.values()), fmt, params_bytes, accumulate)
+    area = datapath_area(target, tech, total(decode.values()), fmt, params_bytes, accumulate,
+                         synthesised=synthesised_normaliser(model.config, fmt, target, tech, notes))
     return Estimate(target=target, tech=tech, fmt=fmt, context=T, batch=batch, rows=rows, tokens=tokens,
                     area=area, notes=sorted(notes))
 
 
-def datapath_area(target: Target, tech: Tech, c: Cost, fmt: str, params_bytes: float, accumulate: str) -> dict:
-    """mm^2 of an accelerator's datapath for what the configuration needs (module docstring)."""
+def synthesised_normaliser(config, fmt: str, target: Target, tech: Tech, notes: set) -> dict | None:
+    """The gate-level result of the attention normaliser's unit (hardware/synthesised/, issue 19) when one
+    is stored for this normaliser at the format's integer width and the unit has an exponential (it then
+    stands for the exp units), else None; its delay goes into the notes."""
+    from hardware import fixed, results
+    variants = set(getattr(config, "softmax_variant_attn_layerlist", None)
+                   or [getattr(config, "softmax_variant_attn", None)]) - {None}
+    f = parse_format(fmt)
+    if target.kind != "accelerator" or len(variants) != 1 or f.kind != "int" or not variants <= set(fixed.USES_EXP):
+        return None  # a unit without an exponential (relumax) does not replace the exp units
+    r = results.lookup(variants.pop(), f.bits)
+    if r is None:
+        return None
+    scale = (tech.node_nm / results.LIBRARY_NODE_NM) ** 2
+    notes.add(f"special-function units: the synthesised {r['module']} ({r['library']}: {r['area_um2']:,.0f} um^2, "
+              f"{r['nand2_eq']:,.0f} NAND2 eq, {r['delay_ps'] / 1000:.2f} ns critical path = "
+              f"{math.ceil(r['delay_ps'] * 1e-12 * target.clock_hz)} cycles at {target.clock_hz / 1e9:g} GHz unpipelined) "
+              f"replaces the composed exp units, area scaled by ({tech.node_nm:g}/{results.LIBRARY_NODE_NM:g} nm)^2")
+    return {**r, "area_um2_scaled": r["area_um2"] * scale}
+
+
+def datapath_area(target: Target, tech: Tech, c: Cost, fmt: str, params_bytes: float, accumulate: str,
+                  synthesised: dict | None = None) -> dict:
+    """mm^2 of an accelerator's datapath for what the configuration needs (module docstring). With
+    `synthesised` (synthesised_normaliser), each exp unit is that gate-level normaliser unit instead."""
     if target.kind != "accelerator":
         return {}
     um2 = 1e-6  # um^2 -> mm^2
     arr = target.mac_array
     out = {"mac_array": arr["rows"] * arr["cols"] * fn.op_cost(tech, "macs", arr["format"], accumulate, "area") * um2}
     units = target.special_units or {}
+    if synthesised is not None and units.get("exp"):
+        out["normaliser_units"] = units["exp"] * synthesised["area_um2_scaled"] * um2
     for kind, ops in (("exp", ("exp", "exp2")), ("div", ("div",)), ("sqrt", ("sqrt",))):
+        if kind == "exp" and "normaliser_units" in out:
+            continue
         needed = [op for op in ops if getattr(c, op)]
         if needed and units.get(kind):
             # a unit for the most expensive composition the configuration needs (exp covers exp2)

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from errors import UserError
+from hardware.forward import attach as attach_hardware
 from variations import kernels
 from variations.act_quant import INSIDE_ATTENTION, ActSites
 from variations.cost import DEFAULT, Cost, mac_format
@@ -167,7 +168,9 @@ class CausalSelfAttention(Attention):
                             "give 0 for this layer in a per-layer list")
         self.softmax.sites = {s: self.aq.quant[s] for s in self.aq.active(self.softmax.SITES)}
         self.input_bits = config.act_bits("attn_input")
-        self.quantised_inside = self.aq.active(INSIDE_ATTENTION)
+        # --softmax_hw_bits: the normaliser's forward pass is its hardware unit's integers (hardware/forward.py)
+        self.hardware = attach_hardware(self.softmax, config)
+        self.quantised_inside = self.aq.active(INSIDE_ATTENTION) + (["softmax_hw"] if self.hardware else [])
         self.use_sdpa = self.softmax.sdpa_compatible and self.softcap is None and not self.quantised_inside
         self.uses_softmax_kernel = not self.use_sdpa
         # --softmax_kernel: Triton kernels for the explicit path; elementwise normalisers without a

@@ -26,11 +26,14 @@ Triton kernels (variations/triton_softmax.py, triton_attention.py; --softmax_ker
 same functions fused. `kernel_spec(x) -> (transform, params)` tells them which score transform a
 variant is and its scalars as a (G, 4) fp32 tensor (learned scalars first, kept differentiable).
 
-Divisors of the elementwise family: each variant has its own constant divisor knob, default 256,
-the default --block_size. At initialisation the scores are near 0, where sigmoid, softplus and
-squareplus are about 0.5-0.7, so a full row of 256 keys then sums to about 0.5-0.7: weights of the
-same order as a probability distribution. (The row length is not a constant under the causal mask
-or the KV cache, so it is not divided by.)
+Scale of the elementwise family. Without a row sum, the constants alone set attention's strength, and
+Adam moves a learned scalar by about the learning rate per step, so the initial scale stays for the whole
+run (docs/reproductions.md). Defaults follow each paper with the sequence length L = --block_size (a
+constant: weights stay elementwise under the causal mask and KV cache): relumax relu(x) / L (Wortsman et
+al., 2023); sigmoidmax sigmoid(x - ln L) (Ramapuram et al., 2024: bias -log n); consmax initial gamma
+(L / 2) e^-beta, so an average causal row of L / 2 keys starts summing to about 1, as softmax's (the
+paper gives no value). Earlier constants: --relumax_divisor 256, --sigmoidmax_bias 0 --sigmoidmax_divisor
+256, --consmax_gamma_init 100 (ReaLLM-Forge's). relu2max, softplusmax, squareplus_max divide by 256.
 """
 from __future__ import annotations
 
@@ -46,7 +49,9 @@ from variations.cost import Cost
 from variations.registry import knob, register
 
 CONSMAX_BETA = knob("consmax_beta_init", 2.5, "ConSmax: initial beta (learned offset subtracted before exp)")
-CONSMAX_GAMMA = knob("consmax_gamma_init", 100.0, "ConSmax: initial gamma (learned divisor replacing the row sum)")
+CONSMAX_GAMMA = knob("consmax_gamma_init", None, "ConSmax: initial gamma (learned divisor replacing the row sum; > 0); "
+                     "default (block_size / 2) e^-beta_init, so an average causal row sums to about 1 at "
+                     "initialisation (100 was ReaLLM-Forge's default)", value_type=float)
 SATURATION = knob("saturating_consmax_threshold", 11.0,
                   "saturating_consmax: exponent x - beta beyond which exp continues as its tangent line "
                   "(11: e^11 ~ 6e4 is just under the fp16 maximum)")
@@ -59,9 +64,12 @@ POLYMAX_DIVISOR = knob("polymax_divisor", 1000.0, "polymax: constant divisor of 
 STRONGERMAX_BASE = knob("strongermax_base", 2.0, "strongermax: base b of b^(x - max) / sum (> 1; e gives softmax; 2, the default, gives softermax's function)")
 SOFTERMAX_BLOCK = knob("softermax_block_size", 32, "softermax: keys per slice of the online max/sum pass",
                        minimum=1)
-RELUMAX_DIVISOR = knob("relumax_divisor", 256.0, "relumax: constant divisor of relu(x) (> 0)")
+RELUMAX_DIVISOR = knob("relumax_divisor", None, "relumax: constant divisor of relu(x) (> 0); default the sequence "
+                       "length --block_size, as Wortsman et al. (2023)", value_type=float)
 RELU2MAX_DIVISOR = knob("relu2max_divisor", 256.0, "relu2max: constant divisor of relu(x)^2 (> 0)")
-SIGMOIDMAX_DIVISOR = knob("sigmoidmax_divisor", 256.0, "sigmoidmax: constant divisor of sigmoid(x) (> 0)")
+SIGMOIDMAX_DIVISOR = knob("sigmoidmax_divisor", 1.0, "sigmoidmax: constant divisor of sigmoid(x + bias) (> 0)")
+SIGMOIDMAX_BIAS = knob("sigmoidmax_bias", None, "sigmoidmax: bias added to the scores before the sigmoid; default "
+                       "-ln(--block_size), the -log(n) of Ramapuram et al. (2024)", value_type=float)
 SOFTPLUSMAX_DIVISOR = knob("softplusmax_divisor", 256.0, "softplusmax: constant divisor of softplus(x) (> 0)")
 SQUAREPLUS_DIVISOR = knob("squareplus_max_divisor", 256.0, "squareplus_max: constant divisor of squareplus(x) (> 0)")
 SQUAREPLUS_B = knob("squareplus_max_b", 4 * math.log(2) ** 2,
@@ -76,6 +84,13 @@ def _positive(config, name: str) -> float:
     if not value > 0:
         raise UserError(f"--{name} must be positive, got {value}")
     return value
+
+
+def consmax_gamma_init(config) -> float:
+    """--consmax_gamma_init, or by default (block_size / 2) e^-beta_init (module docstring)."""
+    if config.consmax_gamma_init is None:
+        return config.block_size / 2 * math.exp(-float(config.consmax_beta_init))
+    return _positive(config, "consmax_gamma_init")
 
 
 def _prepare(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,7 +344,7 @@ class ConSmax(Normalizer):
     def __init__(self, config):
         super().__init__()
         self.beta = nn.Parameter(torch.tensor(float(config.consmax_beta_init)))
-        self.gamma = nn.Parameter(torch.tensor(float(config.consmax_gamma_init)))
+        self.gamma = nn.Parameter(torch.tensor(consmax_gamma_init(config)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
@@ -365,7 +380,7 @@ class ConSmaxV2(Normalizer):
         super().__init__()
         self.n_head = config.n_head
         self.beta = nn.Parameter(torch.full((config.n_head,), float(config.consmax_beta_init)))
-        self.gamma = nn.Parameter(torch.full((config.n_head,), float(config.consmax_gamma_init)))
+        self.gamma = nn.Parameter(torch.full((config.n_head,), consmax_gamma_init(config)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         s, keep = _prepare(x, mask)
@@ -404,7 +419,7 @@ class SaturatingConSmax(Normalizer):
     def __init__(self, config):
         super().__init__()
         self.beta = nn.Parameter(torch.tensor(float(config.consmax_beta_init)))
-        self.gamma = nn.Parameter(torch.tensor(float(config.consmax_gamma_init)))
+        self.gamma = nn.Parameter(torch.tensor(consmax_gamma_init(config)))
         self.threshold = float(config.saturating_consmax_threshold)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -476,7 +491,10 @@ class _ActivationOverDivisor(Normalizer):
 
     def __init__(self, config):
         super().__init__()
-        self.divisor = _positive(config, self.DIVISOR)
+        if getattr(config, self.DIVISOR) is None:  # relumax: the sequence length (module docstring)
+            self.divisor = float(config.block_size)
+        else:
+            self.divisor = _positive(config, self.DIVISOR)
 
     def activation(self, s: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -500,7 +518,9 @@ class _ActivationOverDivisor(Normalizer):
 
 @register("softmax", "relumax", knobs=[RELUMAX_DIVISOR])
 class ReLUMax(_ActivationOverDivisor):
-    """ReLUMax: relu(x) / --relumax_divisor, ReLU attention weights (Wortsman et al., 2023; ReaLLM-Forge)."""
+    """ReLUMax: relu(x) / L, ReLU attention weights (Wortsman et al., 2023; ReaLLM-Forge).
+
+    L = --relumax_divisor, by default the sequence length --block_size, as the paper divides by L."""
 
     DIVISOR = "relumax_divisor"
 
@@ -524,17 +544,26 @@ class ReLU2Max(_ActivationOverDivisor):
         return Cost(elementwise=n, cmp=n)
 
 
-@register("softmax", "sigmoidmax", knobs=[SIGMOIDMAX_DIVISOR])
+@register("softmax", "sigmoidmax", knobs=[SIGMOIDMAX_DIVISOR, SIGMOIDMAX_BIAS])
 class SigmoidMax(_ActivationOverDivisor):
-    """SigmoidMax: sigmoid(x) / --sigmoidmax_divisor, sigmoid attention (Ramapuram et al., 2024; ReaLLM-Forge)."""
+    """SigmoidMax: sigmoid(x + b) / d, sigmoid attention (Ramapuram et al., 2024; ReaLLM-Forge).
+
+    b = --sigmoidmax_bias, by default -ln(--block_size): the paper's b = -log(n), which starts each weight
+    near 1 / (n + 1), so a row of n keys sums to under 1. d = --sigmoidmax_divisor, default 1."""
 
     DIVISOR = "sigmoidmax_divisor"
 
+    def __init__(self, config):
+        super().__init__(config)
+        bias = config.sigmoidmax_bias
+        self.b = self.bias = -math.log(config.block_size) if bias is None else float(bias)  # kernel slot 2
+
     def activation(self, s):
-        return torch.sigmoid(s)
+        return torch.sigmoid(s + self.b)
 
     def activation_cost(self, n):
-        return Cost(elementwise=n, exp=n, div=n)  # 1 / (1 + exp(-x))
+        # + b (when set), then 1 / (1 + exp(-x))
+        return Cost(elementwise=(2 if self.b else 1) * n, exp=n, div=n)
 
 
 @register("softmax", "softplusmax", knobs=[SOFTPLUSMAX_DIVISOR])

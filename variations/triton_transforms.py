@@ -21,7 +21,7 @@ TRANSFORMS = {
     "polymax": 4,         # 0 | p1 (s - p0) / -p0 | s^p2 + p1, all / p3
     "relumax": 5,         # relu(s) / p3
     "relu2max": 6,        # relu(s)^2 / p3
-    "sigmoidmax": 7,      # sigmoid(s) / p3
+    "sigmoidmax": 7,      # sigmoid(s + p2) / p3
     "softplusmax": 8,     # softplus(s) / p3 (linear above 20, as F.softplus)
     "squareplus_max": 9,  # (s + sqrt(s^2 + p2)) / 2 / p3
 }
@@ -83,7 +83,7 @@ def score_weight(s, T: tl.constexpr, p0, p1, p2, p3):
         r = tl.maximum(s, 0.0)
         y = r * r / p3
     elif T == 7:
-        y = sigmoid(s) / p3
+        y = sigmoid(s + p2) / p3
     elif T == 8:
         y = softplus(s) / p3
     else:
@@ -132,7 +132,7 @@ def score_weight_grad(s, T: tl.constexpr, p0, p1, p2, p3):
         d0 = zero
         d1 = zero
     elif T == 7:
-        g = sigmoid(s)
+        g = sigmoid(s + p2)
         y = g / p3
         dy = g * (1.0 - g) / p3
         d0 = zero

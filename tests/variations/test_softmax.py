@@ -25,7 +25,7 @@ LEARNED = {"consmax": ("beta", "gamma"), "consmax_v2": ("beta", "gamma"), "satur
 KNOBS = dict(consmax_beta_init=0.7, consmax_gamma_init=3.0, saturating_consmax_threshold=0.5,
              polymax_x_intercept=-2.0, polymax_y_intercept=0.5, polymax_power=3.0, polymax_divisor=7.0,
              strongermax_base=3.0, softermax_block_size=3, relumax_divisor=5.0, relu2max_divisor=6.0,
-             sigmoidmax_divisor=8.0, softplusmax_divisor=9.0, squareplus_max_divisor=10.0, squareplus_max_b=1.5)
+             sigmoidmax_divisor=8.0, sigmoidmax_bias=0.4, softplusmax_divisor=9.0, squareplus_max_divisor=10.0, squareplus_max_b=1.5)
 
 
 def _cfg(**kw):
@@ -62,7 +62,7 @@ ELEMENTWISE = {
     "polymax": _polymax,
     "relumax": lambda x: torch.clamp(x, min=0) / 5.0,
     "relu2max": lambda x: torch.clamp(x, min=0) ** 2 / 6.0,
-    "sigmoidmax": lambda x: 1 / (1 + torch.exp(-x)) / 8.0,
+    "sigmoidmax": lambda x: 1 / (1 + torch.exp(-(x + 0.4))) / 8.0,
     "softplusmax": lambda x: torch.log(1 + torch.exp(x)) / 9.0,
     "squareplus_max": lambda x: (x + torch.sqrt(x ** 2 + 1.5)) / 2 / 10.0,
 }
@@ -181,12 +181,13 @@ def test_learned_constants_get_gradients_in_the_model(name):
     ("relumax_divisor", -1.0, "--relumax_divisor must be positive"),
     ("relu2max_divisor", 0.0, "--relu2max_divisor must be positive"),
     ("sigmoidmax_divisor", 0.0, "--sigmoidmax_divisor must be positive"),
+    ("consmax_gamma_init", 0.0, "--consmax_gamma_init must be positive"),
     ("softplusmax_divisor", 0.0, "--softplusmax_divisor must be positive"),
     ("squareplus_max_divisor", 0.0, "--squareplus_max_divisor must be positive"),
     ("squareplus_max_b", 0.0, "--squareplus_max_b must be positive"),
 ])
 def test_bad_knob_is_a_user_error_naming_the_flag(flag, value, message):
-    variant = {"strongermax_base": "strongermax", "polymax_x_intercept": "polymax", "polymax_divisor": "polymax",
+    variant = {"strongermax_base": "strongermax", "consmax_gamma_init": "consmax", "polymax_x_intercept": "polymax", "polymax_divisor": "polymax",
                "squareplus_max_b": "squareplus_max"}.get(flag, flag.rsplit("_divisor", 1)[0])
     with pytest.raises(UserError, match=message):
         GPT(tiny_config(softmax_variant_attn=variant, **{flag: value}))
@@ -312,3 +313,33 @@ def test_strongermax_at_its_default_base_is_softermax():
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     other = create("softmax", "strongermax", tiny_config(block_size=40, strongermax_base=4.0))(scores, mask)
     assert not torch.allclose(other, b)
+
+
+@pytest.mark.parametrize("block_size", [16, 64])
+def test_default_scales_follow_the_papers_with_the_sequence_length_as_block_size(block_size):
+    """relumax divides by L (Wortsman et al.), sigmoidmax adds -ln L (Ramapuram et al.), consmax starts
+    at gamma = (L / 2) e^-beta, so an average causal row (L / 2 keys at scores 0) sums to about 1."""
+    x = torch.randn(2, 3, 5)
+    cfg = tiny_config(block_size=block_size)
+    relu = create("softmax", "relumax", cfg)
+    torch.testing.assert_close(relu(x), torch.clamp(x, min=0) / block_size)
+    sig = create("softmax", "sigmoidmax", cfg)
+    torch.testing.assert_close(sig(x), torch.sigmoid(x - math.log(block_size)))
+    cons = create("softmax", "consmax", cfg)
+    gamma = block_size / 2 * math.exp(-cfg.consmax_beta_init)
+    assert cons.gamma.item() == pytest.approx(gamma)
+    row = cons(torch.zeros(1, block_size // 2))  # scores 0: weights e^-beta / gamma each
+    assert row.sum().item() == pytest.approx(1.0, rel=1e-5)
+    # sigmoid's row at scores 0: L/2 keys of 1 / (1 + L) each, under 1 as the paper intends
+    assert sig(torch.zeros(1, block_size // 2)).sum().item() == pytest.approx(block_size / 2 / (block_size + 1), rel=1e-5)
+
+
+def test_earlier_constants_stay_reachable():
+    """The scales before issue 15 (ReaLLM-Forge's constants) through the knobs."""
+    x = torch.randn(2, 4)
+    cfg = tiny_config(relumax_divisor=256.0, sigmoidmax_bias=0.0, sigmoidmax_divisor=256.0, consmax_gamma_init=100.0)
+    torch.testing.assert_close(create("softmax", "relumax", cfg)(x), torch.clamp(x, min=0) / 256)
+    torch.testing.assert_close(create("softmax", "sigmoidmax", cfg)(x), torch.sigmoid(x) / 256)
+    assert create("softmax", "consmax", cfg).gamma.item() == 100.0
+    assert create("softmax", "sigmoidmax", cfg).cost(1, 4).elementwise == 4 + 4  # no bias add: divide only
+    assert create("softmax", "sigmoidmax", tiny_config()).cost(1, 4).elementwise == 8 + 4  # + bias

@@ -73,11 +73,13 @@ def test_window_kv_cache_layout_and_single_position(name):
 
 def test_half_precision():
     m = create("softmax", "consmax", tiny_config()).to(DEVICE)
-    q, k, v = (torch.randn(1, 4, 19, 8, device=DEVICE) for _ in range(3))
-    ref = reference(m, q, k, v)
-    out = fused_attention(m, q.bfloat16(), k.bfloat16(), v.bfloat16())
+    q, k, v = (torch.randn(1, 4, 19, 8, device=DEVICE).bfloat16() for _ in range(3))
+    ref = reference(m, q.float(), k.float(), v.float())  # the same (bf16-rounded) inputs in fp32
+    out = fused_attention(m, q, k, v)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-3)
+    # bf16 keeps 8 significant bits: errors relative to the output's scale (consmax's is set by its gamma)
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=4e-3 * scale)
 
 
 def test_normalising_variants_are_refused():

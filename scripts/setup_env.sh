@@ -8,10 +8,6 @@
 #
 # A torch that the creating interpreter can already import (say a CUDA build) is kept: the environment
 # then sees the system's site-packages. Without one, torch==2.13.0 is installed first.
-#
-# System tools from Debian packages: the PostgreSQL server (the multi-worker Optuna tests start a
-# throw-away one). As root on Debian/Ubuntu they are installed (apt-get update once first); otherwise
-# the one command to run is printed. PPA_NO_APT=1 skips this step.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${PPA_VENV:-$ROOT/.venv}
@@ -46,13 +42,15 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # System tools from the distribution's packages: the RTL flow of hardware/ (Yosys with ABC, Icarus
-# Verilog, the osu018 standard-cell library). Installed here when running as root on Debian/Ubuntu
+# Verilog, the osu018 standard-cell library) and the PostgreSQL server (the multi-worker Optuna tests
+# start a throw-away one as an unprivileged user). Installed here when running as root on Debian/Ubuntu
 # (apt-get update once first); elsewhere the one command to run is printed, and the tests that need
 # the tools skip with that reason. Everything else works without them.
 missing_system_packages() {
   { command -v yosys && command -v yosys-abc; } >/dev/null 2>&1 || echo yosys
   { command -v iverilog && command -v vvp; } >/dev/null 2>&1 || echo iverilog
   [ -f /usr/share/qflow/tech/osu018/osu018_stdcells.lib ] || echo qflow-tech-osu018
+  { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || echo postgresql
 }
 SYSTEM_PACKAGES=$(missing_system_packages | tr '\n' ' ')
 if [ -n "${SYSTEM_PACKAGES// /}" ]; then
@@ -61,23 +59,9 @@ if [ -n "${SYSTEM_PACKAGES// /}" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $SYSTEM_PACKAGES >/dev/null
   else
-    echo "note: the RTL tools of hardware/ are missing (their tests skip); install them with:" \
+    echo "note: system tools are missing (the RTL and PostgreSQL tests skip); install them with:" \
          "sudo apt-get install -y $SYSTEM_PACKAGES"
   fi
 fi
 export PY
 
-# ---- system packages (Debian/Ubuntu)
-APT_PACKAGES="postgresql"
-missing=""
-command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
-if [ -n "$missing" ] && [ "${PPA_NO_APT:-0}" != "1" ]; then
-  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "== installing Debian packages:$missing"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
-  else
-    echo "note: the PostgreSQL tests need the server binaries; install them with:" >&2
-    echo "  sudo apt-get update && sudo apt-get install -y $APT_PACKAGES" >&2
-  fi
-fi

@@ -8,6 +8,7 @@ Used by train.py; the choice of device and dtype is devices.py's.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -69,6 +70,23 @@ class Distributed:
             if p:
                 return p if rank == self.rank else f"(rank {rank}) {p}"
         return None
+
+    @contextlib.contextmanager
+    def master_guard(self, take):
+        """Rank 0 calls `take(held)` (held: an ExitStack kept open for the block, e.g. the run directory's
+        lock and checks); a UserError it raises reaches every rank (agree), on every node, so no rank
+        waits at a collective for a rank 0 that has stopped."""
+        with contextlib.ExitStack() as held:
+            problem = None
+            if self.master:
+                try:
+                    take(held)
+                except UserError as e:
+                    problem = str(e)
+            problem = self.agree(problem)
+            if problem:
+                raise UserError(problem)
+            yield
 
     def close(self):
         if self.enabled and dist.is_initialized():

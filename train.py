@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -361,22 +361,13 @@ def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
     run = RunDir(tc.out_dir)
+    def hold(held):  # one training process per run directory, for its whole life: rank 0 holds it for all
+        held.enter_context(run.lock())
+        if tc.init_from != "resume":
+            run.check_new(tc.overwrite)  # again, holding the lock: another run may have started meanwhile
     dd = Distributed(tc.device)
     try:
-        with ExitStack() as held:
-            # one training process per run directory, for its whole life; under torchrun rank 0 holds it for
-            # all, and its refusal reaches every rank (on other nodes too) before any of them waits for it
-            problem = None
-            if dd.master:
-                try:
-                    held.enter_context(run.lock())
-                    if tc.init_from != "resume":
-                        run.check_new(tc.overwrite)  # again, holding the lock: another run may have started meanwhile
-                except UserError as e:
-                    problem = str(e)
-            problem = dd.agree(problem)
-            if problem:
-                raise UserError(problem)
+        with dd.master_guard(hold):
             return _train(model_config, tc, meta, ckpt, dd, run, on_eval, ppa)
     finally:
         dd.close()

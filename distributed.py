@@ -8,6 +8,7 @@ Used by train.py; the choice of device and dtype is devices.py's.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -19,7 +20,7 @@ from errors import UserError
 
 def launch_rank() -> int:
     """This process's rank from torchrun's environment (0 for a single process), readable before the
-    process group exists: train.py locks the run directory on rank 0 before joining the group."""
+    process group exists."""
     return int(os.environ.get("RANK", 0))
 
 
@@ -59,6 +60,33 @@ class Distributed:
         out = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def agree(self, problem: str | None) -> str | None:
+        """Every rank learns the first rank's problem (a refusal only one rank can see, such as rank 0's
+        run-directory checks), so all of them stop with it instead of waiting at the next collective."""
+        if not self.enabled:
+            return problem
+        for rank, p in enumerate(self.gather(problem)):
+            if p:
+                return p if rank == self.rank else f"(rank {rank}) {p}"
+        return None
+
+    @contextlib.contextmanager
+    def master_guard(self, take):
+        """Rank 0 calls `take(held)` (held: an ExitStack kept open for the block, e.g. the run directory's
+        lock and checks); a UserError it raises reaches every rank (agree), on every node, so no rank
+        waits at a collective for a rank 0 that has stopped."""
+        with contextlib.ExitStack() as held:
+            problem = None
+            if self.master:
+                try:
+                    take(held)
+                except UserError as e:
+                    problem = str(e)
+            problem = self.agree(problem)
+            if problem:
+                raise UserError(problem)
+            yield
 
     def close(self):
         if self.enabled and dist.is_initialized():

@@ -40,7 +40,7 @@ from data.dataset import TokenData, check_token_ids, load_meta, resolve_data_dir
 from data.sft import SFTData
 from data.tokenizer import load_tokenizer
 from devices import autocast, choose_device, choose_dtype, estimate_mfu, peak_flops, peak_memory_bytes
-from distributed import Distributed, full_state_dicts, fully_shard_model, launch_rank, load_full_state_dicts
+from distributed import Distributed, full_state_dicts, fully_shard_model, load_full_state_dicts
 from errors import UserError, run_cli
 from gpt_conf import GPTConfig, pad_vocab
 from io_utils import load_checkpoint
@@ -49,7 +49,7 @@ from ppa.report import ppa_tables
 from provenance import fingerprint, provenance
 from run_dir import ACTIVATION_STATS, METRICS, SUMMARY, RunDir, disk_full_error, ppa_summary_keys, resolve_checkpoint
 from train_args import TrainConfig
-from train_log import Reporter, summary_writer_class, truncate_metrics
+from train_log import Reporter, summary_writer_class, truncate_metrics, write_hparams
 from variations import kernels
 from variations.lr_schedule import build_schedule
 from variations.optimizer import build_optimizer, optimizer_line
@@ -171,9 +171,12 @@ class Trainer:
 
     # -- checkpoint state; every rank must call state_dict (it gathers the ranks' sampler states)
     def state_dict(self, wall_time: float) -> dict:
-        rng = {"torch": torch.get_rng_state(), "data": self.dd.gather(self.train_gen.get_state())}
+        # every rank's generators (dropout differs across ranks); "torch"/"cuda" stay rank 0's for older readers
+        rng = {"torch": torch.get_rng_state(), "data": self.dd.gather(self.train_gen.get_state()),
+               "torch_ranks": self.dd.gather(torch.get_rng_state())}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            rng["cuda_ranks"] = self.dd.gather(rng["cuda"].cpu())
         if self.tc.fsdp:  # the same layout as unsharded runs: sample.py, export and resume read it alike
             model_sd, optim_sd = full_state_dicts(self.model, self.optimizer)
         else:
@@ -225,9 +228,13 @@ class Trainer:
         self.best_iter, self.evals_since_best = ckpt["best_iter"], ckpt["evals_since_best"]
         self.wall_time_prev, self.last_val_loss = ckpt["wall_time_s"], ckpt.get("last_val_loss")
         rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"])
+
+        def own(key):  # this rank's state when the checkpoint has one per rank (older ones: rank 0's for all)
+            states = rng.get(f"{key}_ranks")
+            return states[self.dd.rank] if states and self.dd.rank < len(states) else rng[key]
+        torch.set_rng_state(own("torch"))
         if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+            torch.cuda.set_rng_state(own("cuda"), self.device)
         if self.dd.rank < len(rng["data"]):
             self.train_gen.set_state(rng["data"][self.dd.rank])
         elif self.dd.master:
@@ -354,15 +361,16 @@ def main(argv: list[str] | None = None, on_eval=None) -> dict | None:
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
     run = RunDir(tc.out_dir)
-    # one training process per run directory, for its whole life; under torchrun rank 0 holds it for all
-    with run.lock() if launch_rank() == 0 else nullcontext():
-        if tc.init_from != "resume" and launch_rank() == 0:
-            run.check_new(tc.overwrite)  # again, holding the lock: another run may have started here meanwhile
-        dd = Distributed(tc.device)
-        try:
+    def hold(held):  # one training process per run directory, for its whole life: rank 0 holds it for all
+        held.enter_context(run.lock())
+        if tc.init_from != "resume":
+            run.check_new(tc.overwrite)  # again, holding the lock: another run may have started meanwhile
+    dd = Distributed(tc.device)
+    try:
+        with dd.master_guard(hold):
             return _train(model_config, tc, meta, ckpt, dd, run, on_eval, ppa)
-        finally:
-            dd.close()
+    finally:
+        dd.close()
 
 
 def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | None, dd: Distributed,
@@ -542,6 +550,9 @@ def _train(model_config: GPTConfig, tc: TrainConfig, meta: dict, ckpt: dict | No
     result = make_summary("completed")
     if dd.master:
         run.write_summary(result)
+        if tc.tensorboard:
+            write_hparams(run.path, {**{f"model/{k}": v for k, v in asdict(model_config).items()},
+                                     **{f"train/{k}": v for k, v in asdict(tc).items()}}, result, result["iters"])
         best = f"{result['best_val_loss']:.4f}" if result["best_val_loss"] is not None else "n/a"
         report.line(f"done ({stop_reason}): best val loss {best} at step {result['best_iter']}, "
                     + (f"{result['tokens_per_s']:,.0f} tokens/s, " if result["tokens_per_s"] else "")

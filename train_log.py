@@ -2,7 +2,8 @@
 
 `Reporter` prints progress (a rich progress bar on a terminal, plain lines in a log file), appends one
 JSON record per log and eval step to out_dir/metrics.jsonl and, with --tensorboard, writes each
-record's numbers as scalars. `truncate_metrics` drops the records of steps after a resumed run's
+record's numbers as scalars and, when the run completes, its settings and final numbers for the HParams
+plugin (write_hparams). `truncate_metrics` drops the records of steps after a resumed run's
 checkpoint, so the file never holds a step twice. Only rank 0 reports. Used by train.py.
 """
 from __future__ import annotations
@@ -73,6 +74,37 @@ class Reporter:
             self.progress.stop()
         if self.writer is not None:
             self.writer.close()
+
+
+HPARAM_METRIC = "summary/"  # the tag prefix of the final numbers the HParams plugin shows per run
+
+
+def hparam_value(value):
+    """A setting as the HParams plugin takes it: numbers, strings and booleans as they are, lists as text."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def write_hparams(out_dir: Path, settings: dict, summary: dict, step: int) -> None:
+    """The run's settings (the model and training configs, flattened) and its final numbers (every finite
+    numeric summary.json key, as scalars `summary/<key>` at the last step) for TensorBoard's HParams
+    plugin, in the run's tensorboard/ folder: `tensorboard --logdir out/<sweep>` then compares a whole
+    sweep, one row per run. Written when a run completes (again after a resume: the latest wins)."""
+    import math
+
+    from torch.utils.tensorboard.summary import hparams
+    metrics = {f"{HPARAM_METRIC}{k}": float(v) for k, v in summary.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    exp, start, end = hparams({k: hparam_value(v) for k, v in settings.items() if v is not None}, metrics)
+    writer = summary_writer_class()(str(out_dir / TENSORBOARD))
+    try:
+        for event in (exp, start, end):
+            writer.file_writer.add_summary(event)
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, value, step)
+    finally:
+        writer.close()
 
 
 def truncate_metrics(path: Path, last_iter: int):

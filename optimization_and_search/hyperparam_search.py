@@ -31,8 +31,13 @@ baseline sets: the list is first written out per layer, cycling as the model doe
 is repeated for each new layer (a shrinking n_layer cuts the list).
 
 Every run is `python train.py FLAGS` in a subprocess (or `train.main` in this process with
---in_process), started by launch.py, in out_root/step_<i>/<candidate>/seed_<s>, with its output in
-train.log there; a killed search takes its training run with it. The log (--log, default
+--in_process, or a submitit job with --executor submitit: executors.py), started by launch.py, in
+out_root/step_<i>/<candidate>/seed_<s>, with its output in train.log there; a killed search takes its
+training runs with it. A step's candidates x seeds are independent: `--jobs N` trains N of them at once
+(--executor submitit: all of them, as one job array), and each result is recorded as its run ends; the
+candidates are ranked once all of them have ended, in their listed order, so the decisions are those of
+the one-at-a-time order whatever order the runs end in. (The baseline, when a step measures one, trains
+first: if it fails, no candidate runs.) The log (--log, default
 hp_search_logs/<name>.yaml) is one YAML file rewritten atomically after every run: the
 search's settings, every step with its baseline, every candidate with its per-seed results, averages,
 improvement, added cost, efficiency and verdict, the adopted change, the stop reason and timestamps.
@@ -41,6 +46,9 @@ the kill interrupted is started over in its directory). One search per log and p
 
 From Python, `run_search(spec, evaluate)` takes any `evaluate(settings, seed) -> {"objective": float,
 "cost": float, ...}` (settings: the flat train.py settings of the run, `seed` and `out_dir` included).
+
+Length: the spec (validation, file and flags), the step loop with its log, and the printing belong to
+one CLI; the method itself is in greedy_rule.py and the execution in executors.py.
 """
 from __future__ import annotations
 
@@ -57,7 +65,7 @@ import yaml
 import train_args
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from io_utils import atomic_write_bytes, read_data_file
-from optimization_and_search import launch, locks
+from optimization_and_search import executors, launch, locks
 from optimization_and_search.greedy_rule import (ON_PLATEAU, aggregate, base_value, build_candidates, final_model,
                                                  finite, raise_iters, rank_candidates, step_outcome, trajectory)
 from optimization_and_search.results import now, plain, read_yaml_file
@@ -70,7 +78,7 @@ COSTS = {"params": "num_params", "macs": "macs_per_token", "iter_latency": "iter
          "latency": "latency_us_per_token_decode", "area": "area_mm2"}
 SPEC_KEYS = ("name", "baseline", "preset", "overrides", "params", "multiples", "steps", "seeds", "seed0",
              "cost", "objective", "on_plateau", "iters_factor", "min_improvement", "in_process", "log",
-             "out_root", "retry_failed")
+             "out_root", "retry_failed", "jobs", "submitit")
 
 
 # ------------------------------------------------------------------------------------- the spec
@@ -93,6 +101,8 @@ class SearchSpec:
     in_process: bool = False
     retry_failed: bool = False
     source: str | None = None  # where the baseline came from (for the log)
+    jobs: int = 1  # runs at once (candidates x seeds of a step)
+    submitit: dict | None = None  # the spec file's submitit job parameters (executors.py)
 
     def __post_init__(self):
         if self.log is None:
@@ -149,7 +159,7 @@ def validate_spec(spec: SearchSpec) -> SearchSpec:
                             "set it in the baseline")
         params[name] = inc
     spec.params = params
-    for name in ("multiples", "steps"):
+    for name in ("multiples", "steps", "jobs"):
         value = getattr(spec, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"--{name} must be a whole number of at least 1, got {value!r}")
@@ -180,18 +190,40 @@ class RunFailed(RuntimeError):
 
 
 class TrainEvaluator:
-    """evaluate(settings, seed) for real runs: train.py in a subprocess (or train.main in this process),
-    then the objective and cost read from the run's summary.json."""
+    """evaluate(settings, seed) for real runs: train.py in a subprocess (or train.main in this process, or a
+    submitit job), then the objective and cost read from the run's summary.json. start_many / finish let
+    executors.evaluate_all run several at once."""
 
     def __init__(self, objective: str = "best_val_loss", cost_key: str = "num_params", in_process: bool = False,
-                 python: str = sys.executable):
+                 python: str = sys.executable, submitit=None):
         self.objective, self.cost_key, self.in_process, self.python = objective, cost_key, in_process, python
+        self.submitit = submitit  # (executors.SubmititConfig, its executor) or None
+        self.all_at_once = submitit is not None
+
+    @staticmethod
+    def run_settings(settings: dict, seed: int) -> tuple[dict, Path]:
+        # the run directory belongs to the search: a killed run is started over (launch: --overwrite)
+        return {**{k: v for k, v in settings.items() if k != "out_dir"}, "seed": seed}, Path(settings["out_dir"])
+
+    def start_many(self, calls: list[tuple[dict, int]]) -> list:
+        runs = [self.run_settings(settings, seed) for settings, seed in calls]
+        if self.submitit is not None:
+            return executors.submit(self.submitit[1], [(s, d, False, {}) for s, d in runs])
+        return [launch.start(s, d, python=self.python) for s, d in runs]
 
     def __call__(self, settings: dict, seed: int) -> dict:
-        out_dir = Path(settings["out_dir"])
-        # the run directory belongs to the search: a killed run is started over (launch: --overwrite)
-        run = launch.run({**{k: v for k, v in settings.items() if k != "out_dir"}, "seed": seed}, out_dir,
-                         in_process=self.in_process, python=self.python)
+        if self.in_process:
+            return self.finish(launch.run_in_process(*self.run_settings(settings, seed)))
+        (run,) = self.start_many([(settings, seed)])
+        try:
+            run.wait()
+        except BaseException:
+            run.stop()
+            raise
+        return self.finish(run)
+
+    def finish(self, run) -> dict:
+        out_dir = run.run_dir.path
         if run.exit_code != 0:
             last = run.log_tail(1).strip() or "no output"
             raise RunFailed(f"train.py exited with status {run.exit_code}: {last}")
@@ -200,7 +232,7 @@ class TrainEvaluator:
             raise RunFailed(f"no readable summary.json in {out_dir}")
         if summary.get("status") != "completed":
             raise RunFailed(f"the run did not complete (status {summary.get('status')!r})")
-        result = {"out_dir": str(out_dir), "wall_s": round(run.duration, 2), "summary": summary}
+        result = {"out_dir": str(out_dir), "wall_s": round(run.duration or 0.0, 2), "summary": summary}
         for role, key in (("objective", self.objective), ("cost", self.cost_key)):
             value = summary.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -298,18 +330,13 @@ class GreedySearch:
         self.console.print(f"[bold]step {step['index']}[/bold] (baseline: {b['source']}; "
                            f"{sum(c['status'] != 'skipped' for c in step['candidates'])} candidates x "
                            f"{len(spec.seeds)} seed(s))", highlight=False)
-        self._measure(step, b, "baseline")
+        self._measure(step, [(b, "baseline")])
         if b["status"] != "completed":
             step.update(outcome="baseline_failed", finished_at=now())
             self.console.print(f"[red]the baseline failed ({b.get('reason')}); stopping[/red]")
             self.save()
             return
-        for cand in step["candidates"]:
-            if cand["status"] == "skipped":
-                continue
-            self._measure(step, cand, cand["name"])
-            rank_candidates(b, [cand], spec.min_improvement)  # fill improvement etc. as results arrive
-            self.save()
+        self._measure(step, [(c, c["name"]) for c in step["candidates"] if c["status"] != "skipped"], baseline=b)
         chosen = rank_candidates(b, step["candidates"], spec.min_improvement)
         step["outcome"] = step_outcome(chosen, spec.on_plateau)
         if step["outcome"] == "adopted":
@@ -325,28 +352,38 @@ class GreedySearch:
                 "no_improvement": "no candidate improves"}[step["outcome"]]
         self.console.print(f"step {step['index']}: {what}", highlight=False)
 
-    def _measure(self, step: dict, entry: dict, label: str):
+    def _measure(self, step: dict, entries: list[tuple[dict, str]], baseline: dict | None = None):
+        """Train every (entry, seed) run the entries lack, --jobs at a time (or all as submitit jobs), and
+        record each one as it ends. Each entry keeps its runs in seed order and the candidates keep their
+        order, so the step's decision does not depend on which run ends first."""
         spec = self.spec
-        keep = [r for r in entry["runs"] if r["status"] == "completed"
-                or (r["status"] == "failed" and not spec.retry_failed)]
-        entry["runs"] = [r for r in keep if r["seed"] in spec.seeds]
-        done = {r["seed"] for r in entry["runs"]}
-        for seed in spec.seeds:
-            if seed in done:
-                continue
-            run_dir = Path(spec.out_root) / f"step_{step['index']}" / label / f"seed_{seed}"
-            settings = {**entry["settings"], "seed": seed, "out_dir": str(run_dir)}
-            rec = {"seed": seed, "status": None, "out_dir": str(run_dir), "started_at": now()}
-            t0 = time.time()
+        calls, where = [], []
+        for entry, label in entries:
+            keep = [r for r in entry["runs"] if r["status"] == "completed"
+                    or (r["status"] == "failed" and not spec.retry_failed)]
+            entry["runs"] = [r for r in keep if r["seed"] in spec.seeds]
+            done = {r["seed"] for r in entry["runs"]}
+            for seed in spec.seeds:
+                if seed in done:
+                    continue
+                run_dir = Path(spec.out_root) / f"step_{step['index']}" / label / f"seed_{seed}"
+                calls.append(({**entry["settings"], "seed": seed, "out_dir": str(run_dir)}, seed))
+                where.append((entry, label, {"seed": seed, "status": None, "out_dir": str(run_dir),
+                                             "started_at": now()}, time.time()))
+
+        def record(i: int, result: dict | None, error: Exception | None):
+            entry, label, rec, t0 = where[i]
             try:
-                result = dict(self.evaluate(settings, seed))
+                if error is not None:
+                    raise error
+                result = dict(result)
                 for key in ("objective", "cost"):
                     value = result.get(key)
                     if not finite(value):
                         raise RunFailed(f"the {key} is not a finite number: {value!r}")
                     result[key] = float(value)
                 rec.update(result, status="completed")
-                msg = (f"{spec.objective} {result['objective']:.4f}, {spec.cost} {fmt_num(spec.cost, result['cost'])}")
+                msg = f"{spec.objective} {result['objective']:.4f}, {spec.cost} {fmt_num(spec.cost, result['cost'])}"
             except Exception as e:  # noqa: BLE001 - a failed run is recorded, the search goes on
                 text = str(e).strip().splitlines()
                 rec.update(status="failed", error=(text[0] if text else type(e).__name__)[:500])
@@ -355,10 +392,15 @@ class GreedySearch:
             entry["runs"].append(rec)
             entry["runs"].sort(key=lambda r: spec.seeds.index(r["seed"]))
             aggregate(entry, spec.seeds)
+            if baseline is not None and len(entry["runs"]) == len(spec.seeds):
+                rank_candidates(baseline, [entry], spec.min_improvement)  # fill improvement etc. as results arrive
             self.save()
-            self.console.print(f"  step {step['index']} {label} seed {seed}: {msg} ({time.time() - t0:.1f}s)",
+            self.console.print(f"  step {step['index']} {label} seed {rec['seed']}: {msg} ({time.time() - t0:.1f}s)",
                                highlight=False)
-        aggregate(entry, spec.seeds)
+
+        executors.evaluate_all(self.evaluate, calls, spec.jobs, record)
+        for entry, _ in entries:
+            aggregate(entry, spec.seeds)
 
     def _stop(self, reason: str):
         log = self.log
@@ -457,9 +499,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--log", help="the search log (default hp_search_logs/<name>.yaml)")
     p.add_argument("--out_root", help="run directories (default out/hp_search/<name>)")
     p.add_argument("--in_process", action="store_true", default=None, help="train in this process (train.main) instead of subprocesses")
+    p.add_argument("--jobs", type=int, help="runs at once: a step's candidates x seeds train concurrently (default 1)")
     p.add_argument("--retry_failed", action="store_true", default=None, help="re-run recorded failed runs on resume")
     p.add_argument("--overwrite", action="store_true", help="discard the existing log (whatever search it holds) and start over")
     p.add_argument("--dry_run", action="store_true", help="print the baseline and the first step's candidates, run nothing")
+    executors.add_arguments(p)
     return p
 
 
@@ -557,6 +601,7 @@ def spec_from_args(argv: list[str]) -> tuple[SearchSpec, argparse.Namespace]:
         on_plateau=str(pick("on_plateau", "stop")), iters_factor=pick("iters_factor", 2.0),
         min_improvement=pick("min_improvement", 0.0), log=pick("log"), out_root=pick("out_root"),
         in_process=bool(pick("in_process", False)), retry_failed=bool(pick("retry_failed", False)),
+        jobs=pick("jobs", 1), submitit=data.get("submitit"),
         source=" < ".join(source))
     return validate_spec(spec), args
 
@@ -581,7 +626,13 @@ def main(argv: list[str] | None = None, evaluate=None) -> dict:
         console.print(f"baseline: {fmt_change(spec.baseline)}\nstep 1 would train {n} run(s); "
                       f"log {spec.log}, runs under {spec.out_root}", highlight=False)
         return {"spec": spec.to_dict(), "candidates": cands}
-    with launch.sigterm_as_interrupt():  # `kill` stops the current training run too
+    cfg = executors.config_from(args, spec.submitit, spec.out_root)
+    if spec.in_process and (cfg is not None or spec.jobs > 1):
+        raise UserError("--in_process trains one run at a time in this process; drop it to use --jobs or "
+                        "--executor submitit")
+    if evaluate is None and cfg is not None:
+        evaluate = TrainEvaluator(spec.objective, spec.cost_key, submitit=(cfg, executors.build(cfg, spec.name)))
+    with launch.sigterm_as_interrupt():  # `kill` stops the current training runs too
         return run_search(spec, evaluate, console, overwrite=args.overwrite)
 
 

@@ -27,13 +27,16 @@ first seed is the same, so the pruner compares like with like. Each seed's run i
 (`trial_<n>_seed-<s>`), so results.aggregate_by_config, plot_sweep.py and compare.py see one
 configuration per trial with its spread. (`--seed` is the sampler's seed, not a training seed.)
 
-The study lives in `--storage` (default sqlite:///out_root/<study>/study.db) under `--study_name`
-(default: the search-space file's name); running the same command again continues it up to
-`--n_trials` finished trials in total. Trials a killed process left "running" are marked failed,
-logged as "interrupted", and their parameters are tried once more. Several processes (workers) may run
-one study at once, on one machine or many (a shared --storage): each trains its own trials and stops
-once the study holds --n_trials finished ones (a worker finishes the trial it is in, so the study may
-end a trial or two over).
+The study lives in `--storage` (default sqlite:///out_root/<study>/study.db; `journal:PATH` for a journal
+file on a shared file system; `postgresql+psycopg2://USER:PASSWORD@HOST/DB` for many machines) under
+`--study_name` (default: the search-space file's name); running the same command again continues it
+up to `--n_trials` counted trials in total. Several processes (workers) may run one study at once, on
+one machine or many (a shared --storage): the budget is the study's, so N workers started with
+`--n_trials 9` run 9 trials in all, never more, and each stops once the rest of the budget is taken.
+Trials a killed worker left "running" are found by Optuna's heartbeat (RDB storages: no heartbeat for
+--grace_period seconds) or, on any storage, by their worker's pid being gone from this host; they are
+marked failed, logged as "interrupted", and their parameters are tried once more. A trial whose owner
+cannot be checked is never marked failed. optuna_workers.py holds the storages, these rules and the budget.
 
 Every finished trial is one document of `exploration_logs/<study>.yaml` (the exploration-log shape of
 results.py: name, status completed|failed|pruned|interrupted, exit_code, out_dir, started_at, finished_at,
@@ -50,6 +53,7 @@ import math
 import os
 import socket
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -59,13 +63,13 @@ import train_args
 from errors import ArgumentParser, UserError, run_cli, unknown_name_message
 from io_utils import atomic_write_bytes
 from optimization_and_search import launch, locks
+from optimization_and_search import optuna_workers as workers
 from optimization_and_search.optuna_space import SearchSpace, choice_label, load_space, parse_train_flags
 from optimization_and_search.results import SEED, log_entry, plain, seed_run_name, spread, write_log
 from run_dir import numeric_summary_keys
 
 PROG = "optuna_search.py"
-MAXIMIZE = ("tokens_per_s", "mfu")
-PID_GRACE_S = 60.0  # a RUNNING trial without its worker's pid is taken for stale after this long  # objectives maximised unless --directions says otherwise
+MAXIMIZE = ("tokens_per_s", "mfu")  # objectives maximised unless --directions says otherwise
 
 
 # ------------------------------------------------------------------------------------ objectives
@@ -108,71 +112,19 @@ def default_storage(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / 'study.db').resolve()}"
 
 
-def _prepare_storage(url: str) -> str:
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-    return url
-
-
-def _alive(trial) -> bool:
-    """Whether a RUNNING trial's process still runs (on this host). A trial without a pid is stale once
-    it is PID_GRACE_S old: its worker records the pid just after the trial starts (another worker that
-    looked in between would otherwise fail a live trial)."""
-    pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
-    if pid is None:
-        start = trial.datetime_start
-        return start is not None and (datetime.now(start.tzinfo) - start).total_seconds() < PID_GRACE_S
-    if host != socket.gethostname():
-        return True  # another machine's worker: leave it alone
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_stale(study, log=print) -> list[int]:
-    """Mark trials a killed process left RUNNING as failed (and interrupted); try each one's
-    parameters once more (a retry of a retry is not retried)."""
-    from optuna.trial import TrialState
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if not _alive(t)]
-    if not stale:
-        return []
-    interrupted = list(study.user_attrs.get("interrupted_trials", []))
-    for t in stale:
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        interrupted.append(t.number)
-        if "retry_of" not in t.user_attrs and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        log(f"trial {t.number} was left running by a stopped process: marked interrupted"
-            + (", its parameters queued again" if "retry_of" not in t.user_attrs and t.params else ""))
-    study.set_user_attr("interrupted_trials", sorted(set(interrupted)))
-    return [t.number for t in stale]
-
-
-def counted_trials(study) -> list:
-    """Trials that count towards --n_trials: completed, pruned, and failed (not interrupted)."""
-    from optuna.trial import TrialState
-    interrupted = set(study.user_attrs.get("interrupted_trials", []))
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False, states=done) if t.number not in interrupted]
-
-
 # ------------------------------------------------------------------------------------ one trial
+class Surplus(RuntimeError):
+    """A trial created beyond the study's budget (optuna_workers.fits): ended at once, left out of the log."""
+
+
 class Objective:
     """Trains one trial in this process (once per seed with `seeds`) and returns its objective values
     from the summary (their means over the seeds)."""
 
     def __init__(self, space: SearchSpace, objectives: list[str], study_dir: Path, prune: bool, log=print,
-                 seeds: list[int] | None = None):
+                 seeds: list[int] | None = None, n_trials: int | None = None):
         self.space, self.objectives, self.study_dir, self.prune, self.log = space, objectives, study_dir, prune, log
-        self.seeds = seeds
+        self.seeds, self.n_trials = seeds, n_trials
 
     def trial_dir(self, number: int) -> Path:
         return self.study_dir / f"trial_{number}"
@@ -180,6 +132,9 @@ class Objective:
     def __call__(self, trial):
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
+        if self.n_trials is not None and not workers.fits(trial.study, trial, self.n_trials):
+            trial.set_user_attr(workers.SURPLUS, True)  # another worker took the last slot in the same instant
+            raise Surplus(f"trial {trial.number} is beyond the budget of {self.n_trials} trials: not run")
         values = {p.name: p.suggest(trial) for p in self.space.params}
         settings = self.space.trial_settings(values)
         out_dir = self.trial_dir(trial.number)
@@ -203,9 +158,8 @@ class Objective:
             return means[0] if len(means) == 1 else means
         except KeyboardInterrupt:
             study = trial.study
-            study.set_user_attr("interrupted_trials",
-                                sorted({*study.user_attrs.get("interrupted_trials", []), trial.number}))
-            if "retry_of" not in trial.user_attrs:
+            workers.mark_interrupted(study, trial.number)
+            if workers.retry_of(study._storage.get_trial(trial._trial_id)) is None:
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
 
@@ -258,6 +212,8 @@ def _iso(dt: datetime | None) -> str | None:
 
 def trial_status(trial, interrupted: set) -> str | None:
     from optuna.trial import TrialState
+    if workers.surplus(trial):
+        return None
     if trial.number in interrupted:
         return "interrupted"
     return {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(trial.state)
@@ -273,7 +229,7 @@ def best_numbers(study) -> set[int]:
 def export_documents(study, objectives: list[str]) -> list[dict]:
     """One exploration-log document per finished trial, in trial order; with seeds, one per seed's run
     (`trial_<n>_seed-<s>`, its own status; all of them interrupted when the trial was)."""
-    interrupted = set(study.user_attrs.get("interrupted_trials", []))
+    interrupted = workers.interrupted(study)
     best = best_numbers(study)
     docs = []
     for t in study.get_trials(deepcopy=False):
@@ -285,7 +241,7 @@ def export_documents(study, objectives: list[str]) -> list[dict]:
                 "values": [float(v) for v in t.values] if t.values is not None and status == "completed" else None,
                 "intermediate_values": {int(k): float(v) for k, v in sorted(t.intermediate_values.items())},
                 "best": t.number in best,
-                **({"retry_of": t.user_attrs["retry_of"]} if "retry_of" in t.user_attrs else {})}
+                **({"retry_of": workers.retry_of(t)} if workers.retry_of(t) is not None else {})}
         seed_runs = t.user_attrs.get("seed_runs")
         if seed_runs is None:
             runs = [(f"trial_{t.number}", status, {**t.user_attrs, "started_at": _iso(t.datetime_start),
@@ -338,7 +294,7 @@ def print_results(console, study, space: SearchSpace, objectives: list[str], dir
     for r in rows:
         table.add_row(str(r["trial"]), *(_fmt(r["values"][k]) for k in objectives),
                       *(_fmt(r["params"].get(p.name, "")) for p in space.params), str(r["out_dir"]))
-    interrupted = set(study.user_attrs.get("interrupted_trials", []))
+    interrupted = workers.interrupted(study)
     statuses = [trial_status(t, interrupted) for t in study.get_trials(deepcopy=False)]
     console.print(table)
     console.print(", ".join(f"{statuses.count(s)} {s}" for s in ("completed", "pruned", "failed", "interrupted"))
@@ -368,7 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--directions", nargs="+", choices=("minimize", "maximize"), default=None,
                    help="one per objective (default minimize, maximize for tokens_per_s and mfu)")
     p.add_argument("--study_name", help="default: the search-space file's name")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT_ROOT/STUDY/study.db)")
+    p.add_argument("--storage", help="where the study lives (default sqlite:///OUT_ROOT/STUDY/study.db): sqlite:///PATH "
+                   "(one machine), journal:PATH (a journal file on a shared file system), or an RDB URL such as "
+                   "postgresql+psycopg2://USER:PASSWORD@HOST/DB (many machines)")
+    p.add_argument("--heartbeat_interval", type=int, default=workers.HEARTBEAT_INTERVAL_S,
+                   help="RDB storages: seconds between a running trial's heartbeats (Optuna's heartbeat; default "
+                        f"{workers.HEARTBEAT_INTERVAL_S}; 0: off)")
+    p.add_argument("--grace_period", type=int, default=workers.GRACE_PERIOD_S,
+                   help="a running trial is taken for stale (its worker killed) only after this many seconds without "
+                        f"a heartbeat, or of age when its dead pid shows it (default {workers.GRACE_PERIOD_S})")
     p.add_argument("--out_root", default="out/optuna", help="trial run dirs go to OUT_ROOT/STUDY/trial_N")
     p.add_argument("--log_dir", default="exploration_logs", help="the YAML log goes to LOG_DIR/STUDY.yaml")
     p.add_argument("--sampler", choices=("auto", "tpe", "nsga2", "random"), default="auto",
@@ -400,6 +364,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                         "one after another")
     if args.n_trials < 1:
         raise UserError(f"--n_trials must be at least 1, got {args.n_trials}")
+    if args.heartbeat_interval < 0 or args.grace_period < 1:
+        raise UserError(f"--heartbeat_interval must be >= 0 and --grace_period >= 1, got {args.heartbeat_interval} "
+                        f"and {args.grace_period}")
+    if args.heartbeat_interval and args.grace_period <= args.heartbeat_interval:
+        raise UserError(f"--grace_period ({args.grace_period}s) must exceed --heartbeat_interval "
+                        f"({args.heartbeat_interval}s): a live trial would be taken for stale between two heartbeats")
     directions = check_objectives(args.objectives, args.directions)
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
@@ -424,17 +394,22 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def run_study(args, space: SearchSpace, study_name: str, directions: list[str], study_dir: Path, log_path: Path,
               console) -> dict:
-    """Create or load the study, run this worker's trials, export the log and print the best trials."""
+    """Create or load the study, run this worker's share of the budget, export the log and print the best trials."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
     multi = len(args.objectives) > 1
-    storage = _prepare_storage(args.storage or default_storage(study_dir))
+
+    def log(text: str) -> None:
+        console.print(text, highlight=False, markup=False)
+
+    url = args.storage or default_storage(study_dir)
+    storage = workers.open_storage(url, args.heartbeat_interval, args.grace_period, workers.StaleTrial(log))
     pruner = make_pruner(args)
     try:
         study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
                                     pruner=pruner, load_if_exists=True)
-    except (ImportError, ValueError) as e:  # a bad URL, a missing driver
-        raise UserError(f"--storage {storage}: {e}") from None
+    except ValueError as e:  # directions that differ from the stored study's, ...
+        raise UserError(f"--storage {url}: {e}") from None
     stored = study.user_attrs.get("objectives")
     if stored is None:  # "objectives" last: a worker starting meanwhile that sees it sees the rest too
         study.set_user_attr("directions", directions)
@@ -442,50 +417,59 @@ def run_study(args, space: SearchSpace, study_name: str, directions: list[str], 
         study.set_user_attr("seeds", args.seeds)
         study.set_user_attr("objectives", list(args.objectives))
     elif stored != list(args.objectives) or study.user_attrs.get("directions") != directions:
-        raise UserError(f"study '{study_name}' in {storage} optimises {' '.join(stored)} "
+        raise UserError(f"study '{study_name}' in {url} optimises {' '.join(stored)} "
                         f"({' '.join(study.user_attrs.get('directions', []))}); give the same --objectives "
                         "and --directions, or a new --study_name")
     elif study.user_attrs.get("seeds", 1) != args.seeds:  # a mean over other seeds is another objective
-        raise UserError(f"study '{study_name}' in {storage} averages over {study.user_attrs.get('seeds', 1)} "
+        raise UserError(f"study '{study_name}' in {url} averages over {study.user_attrs.get('seeds', 1)} "
                         f"seed(s); give the same --seeds, or a new --study_name")
     elif study.user_attrs.get("space") != yaml.safe_dump(space.to_dict(), sort_keys=True):
         console.print(f"[yellow]warning:[/yellow] the search space or fixed settings differ from those study "
                       f"'{study_name}' started with; earlier trials are not directly comparable")
     study.sampler = make_sampler(args.sampler, args.seed + len(study.trials), multi, args.population_size)
 
-    def log(text: str) -> None:
-        console.print(text, highlight=False, markup=False)
-
     def export(*_):
         with locks.writing(log_path):  # read the study and write, one worker at a time
             write_log(log_path, export_documents(study, args.objectives))
 
-    recover_stale(study, log)
-    done = len(counted_trials(study))
-    remaining = args.n_trials - done
-    log(f"study '{study_name}' ({storage}): {done} finished trial(s), running {max(remaining, 0)} more "
-        f"(pruner: {type(study.pruner).__name__}, sampler: {type(study.sampler).__name__})")
+    workers.recover(study, args.grace_period, log)
+    budget = workers.budget_state(study, args.n_trials)
+    log(f"study '{study_name}' ({url}): {budget.counted} finished trial(s), {len(budget.running)} running, "
+        f"budget {args.n_trials} (pruner: {type(study.pruner).__name__}, sampler: {type(study.sampler).__name__})")
     seed0 = train_args.setting(SEED).default
     seeds = [seed0 + i for i in range(args.seeds)] if args.seeds > 1 else None
     objective = Objective(space, args.objectives, study_dir, prune=not multi and args.pruner != "none", log=log,
-                          seeds=seeds)
+                          seeds=seeds, n_trials=args.n_trials)
 
     def report(study, trial):
-        status = trial_status(trial, set(study.user_attrs.get("interrupted_trials", [])))
+        if workers.surplus(trial):
+            log(f"trial {trial.number}: beyond the budget (another worker took the last slot); not run")
+            return
+        status = trial_status(trial, workers.interrupted(study))
         values = (", ".join(f"{k} {_fmt(v)}" for k, v in zip(args.objectives, trial.values))
                   if trial.values is not None and status == "completed" else trial.user_attrs.get("log_tail", ""))
         if status == "pruned":
             values = f"at step {max(trial.intermediate_values, default=0)}"
         log(f"trial {trial.number} {status}: {values.strip().splitlines()[-1] if values.strip() else ''}")
         export()
-        if len(counted_trials(study)) >= args.n_trials:  # other workers may have finished trials too
-            study.stop()
 
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    poll = max(1.0, min(float(args.grace_period) / 2, 10.0))
     try:
-        if remaining > 0:
-            with launch.sigterm_as_interrupt():  # `kill` marks the running trial interrupted, as Ctrl-C does
-                study.optimize(objective, n_trials=remaining, timeout=args.timeout, catch=(Exception,),
-                               callbacks=[report], gc_after_trial=False)
+        with launch.sigterm_as_interrupt():  # `kill` marks the running trial interrupted, as Ctrl-C does
+            while deadline is None or time.monotonic() < deadline:
+                workers.recover(study, args.grace_period, log)
+                budget = workers.budget_state(study, args.n_trials)
+                if budget.done:
+                    break
+                if budget.full:  # the rest of the budget runs in other workers
+                    if not workers.may_turn_stale(study, budget):
+                        running = ", ".join(str(t.number) for t in budget.running)
+                        log(f"the budget's last trial(s) run in other workers ({running}); this worker stops")
+                        break
+                    time.sleep(poll)  # one of them may yet be found stale and retried here
+                    continue
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[report], gc_after_trial=False)
     finally:
         export()
     rows = best_rows(study, args.objectives)
@@ -495,7 +479,7 @@ def run_study(args, space: SearchSpace, study_name: str, directions: list[str], 
                                            "directions": directions, "trials": rows}, sort_keys=False).encode())
     print_results(console, study, space, args.objectives, directions)
     log(f"log: {log_path}; {'Pareto front' if multi else 'best trial'}: {study_dir / 'best_trials.yaml'}")
-    return {"study_name": study_name, "storage": storage, "log": str(log_path), "study_dir": str(study_dir),
+    return {"study_name": study_name, "storage": url, "log": str(log_path), "study_dir": str(study_dir),
             "best_trials": rows, "trials": export_documents(study, args.objectives)}
 
 

@@ -37,7 +37,7 @@ import yaml
 
 from errors import ArgumentParser, UserError, run_cli
 from io_utils import atomic_write_json
-from optimization_and_search import launch, locks
+from optimization_and_search import executors, launch, locks
 from optimization_and_search.results import (aggregate_by_config, append_log, latest_by_name, load_log, log_entry, now,
                                              write_config_csv, write_csv)
 from run_dir import CKPT_LAST, CONFIG, METRICS, SUMMARY, RunDir
@@ -156,8 +156,9 @@ def plan(sweep: Sweep, out_root: Path, logged: dict[str, dict], retry_failed: bo
 
 class Runner:
     def __init__(self, sweep: Sweep, tasks: list[Task], log_path: Path, jobs: int, python: str, console,
-                 threads: int | None = None):
+                 threads: int | None = None, submitit=None):
         self.sweep, self.tasks, self.log_path, self.jobs, self.python = sweep, tasks, log_path, jobs, python
+        self.submitit = submitit  # (executors.SubmititConfig, its submitit executor), or None: subprocesses here
         # every job's --threads (unless its settings give one): the cores shared out, for any job count
         self.threads = threads or max(1, cpu_count() // jobs)
         self.console = console
@@ -189,6 +190,31 @@ class Runner:
         atomic_write_json(task.out_dir / RUN_MARKER, {"settings": task.settings, "started_at": task.started_at})
         self.say(f"started {task.name}" + (" (resuming)" if task.resume else "")
                  + (f" on GPU {task.gpu}" if task.gpu is not None else ""))
+
+    def submit(self, tasks: list[Task]):
+        """Submit the tasks as submitit jobs (one array), each with the threads of its job's CPUs."""
+        cfg, executor = self.submitit
+        runs, fresh = [], []
+        for t in tasks:  # a job a killed runner submitted and that still runs: wait for it, never start a twin
+            marker = RunDir(t.out_dir).read_json_or_none(RUN_MARKER) or {}
+            job = marker.get("job_id") and marker.get("settings") == t.settings and \
+                executors.attach(cfg, marker["job_id"], t.settings, t.out_dir)
+            if job:
+                t.run, t.started, t.started_at, t.state = job, job.started, marker.get("started_at"), "running"
+                self.say(f"{t.name}: its job {job.job_id} still runs; waiting for it")
+            else:
+                fresh.append(t)
+        tasks = fresh
+        for t in tasks:
+            threads = t.settings.get("threads") or cfg.cpus_per_run
+            runs.append(({**t.settings, **({"threads": threads} if threads else {})}, t.out_dir, t.resume, {}))
+        for task, run in zip(tasks, executors.submit(executor, runs)):
+            task.run = run
+            task.run.settings = dict(task.settings)
+            task.started, task.started_at, task.state = run.started, run.started_at, "running"
+            atomic_write_json(task.out_dir / RUN_MARKER, {"settings": task.settings, "started_at": task.started_at,
+                                                          "job_id": run.job_id})
+            self.say(f"submitted {task.name} as job {run.job_id} ({cfg.cluster})" + (" (resuming)" if task.resume else ""))
 
     def release(self, task: Task):
         if task.gpu is not None:
@@ -230,6 +256,10 @@ class Runner:
         running: list[Task] = []
         try:
             self.start_display()
+            if self.submitit is not None and queue:  # all at once: the cluster schedules them
+                running = list(queue)
+                queue.clear()
+                self.submit(running)
             while queue or running:
                 while queue and len(running) < self.jobs:
                     task = queue.popleft()
@@ -444,6 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="a setting for every run, on top of the file (not in run names); repeatable")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs train.py")
+    executors.add_arguments(p)
     args = p.parse_args(argv)
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
@@ -485,7 +516,9 @@ def run_sweep(args, sweep: Sweep, out_root: Path, log_path: Path, console) -> di
         for t in tasks:
             if t.note:
                 print(f"{t.name}: {t.note}", flush=True)
-        runner = Runner(sweep, tasks, log_path, args.jobs, args.python, console, args.threads)
+        cfg = executors.config_from(args, sweep.submitit, out_root)
+        submitit = None if cfg is None else (cfg, executors.build(cfg, name))
+        runner = Runner(sweep, tasks, log_path, args.jobs, args.python, console, args.threads, submitit)
         todo = [t.name for t in runner.todo]
         if not todo and not any(t.state == "finished" for t in tasks):
             print(f"nothing to run: all {len(tasks)} runs of {name} are in {log_path}"

@@ -28,6 +28,9 @@ The format (explorations/README.md has one example per construct):
   set, and without `seeds:` it may not vary (runs that differ only in their seed are one configuration:
   results.config_key).
 
+- `submitit: {partition: gpu, time: 120, gpus_per_run: 1, ...}` (top level): the job parameters when the
+  sweep runs as submitit jobs (executors.py checks them; run_experiments.py flags win).
+
 Within one group the order is: the settings around it, its own settings, `use` (in order), `alternates`,
 `parameter_groups`, then `conditionals`; a later one wins on the same key.
 
@@ -53,7 +56,7 @@ from optimization_and_search import launch
 from optimization_and_search.results import SEED, seed_run_name
 
 LEVEL_KEYS = ("use", "alternates", "parameter_groups", "conditionals")
-TOP_KEYS = ("common_group", "named_groups", "seeds")
+TOP_KEYS = ("common_group", "named_groups", "seeds", "submitit")
 MAX_NAME = 80
 MAX_SEED_COUNT = 100  # `seeds: 1337` is surely one seed meant as a list, not 1337 runs per configuration
 _MISSING = object()
@@ -76,6 +79,7 @@ class Sweep:
     warnings: list[str] = field(default_factory=list)
     seeds: list[int] | None = None  # each configuration runs once per seed (None: once, no seed part)
     configs: int = 0           # configurations (runs / seeds)
+    submitit: dict | None = None  # the file's `submitit:` job parameters (executors.py checks them)
 
 
 # ------------------------------------------------------------------------------------------ values
@@ -433,6 +437,11 @@ def load_sweep(path: str | Path, name: str | None = None, overrides: dict | None
     a list) replaces the file's `seeds:`."""
     raw = read_sweep_file(path)
     try:
-        return build_sweep(raw, name or Path(path).stem, overrides, seeds)
+        sweep = build_sweep(raw, name or Path(path).stem, overrides, seeds)
+        section = raw.get("submitit") if isinstance(raw, dict) else None
+        if section is not None and not isinstance(section, dict):
+            raise UserError("submitit: must be a mapping of job parameters (partition, time, gpus_per_run, ...)")
+        sweep.submitit = section
+        return sweep
     except UserError as e:
         raise UserError(f"sweep file {path}: {e}") from None

@@ -42,13 +42,15 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # System tools from the distribution's packages: the RTL flow of hardware/ (Yosys with ABC, Icarus
-# Verilog, the osu018 standard-cell library). Installed here when running as root on Debian/Ubuntu
+# Verilog, the osu018 standard-cell library) and the PostgreSQL server (the multi-worker Optuna tests
+# start a throw-away one as an unprivileged user). Installed here when running as root on Debian/Ubuntu
 # (apt-get update once first); elsewhere the one command to run is printed, and the tests that need
 # the tools skip with that reason. Everything else works without them.
 missing_system_packages() {
   { command -v yosys && command -v yosys-abc; } >/dev/null 2>&1 || echo yosys
   { command -v iverilog && command -v vvp; } >/dev/null 2>&1 || echo iverilog
   [ -f /usr/share/qflow/tech/osu018/osu018_stdcells.lib ] || echo qflow-tech-osu018
+  { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 || echo postgresql
 }
 SYSTEM_PACKAGES=$(missing_system_packages | tr '\n' ' ')
 if [ -n "${SYSTEM_PACKAGES// /}" ]; then
@@ -57,8 +59,9 @@ if [ -n "${SYSTEM_PACKAGES// /}" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $SYSTEM_PACKAGES >/dev/null
   else
-    echo "note: the RTL tools of hardware/ are missing (their tests skip); install them with:" \
+    echo "note: system tools are missing (the RTL and PostgreSQL tests skip); install them with:" \
          "sudo apt-get install -y $SYSTEM_PACKAGES"
   fi
 fi
 export PY
+

@@ -1,10 +1,14 @@
-"""Shared fixtures: tiny model configs and a small character-level data set prepared once per session."""
+"""Shared fixtures: tiny model configs, a small character-level data set prepared once per session, and a
+throw-away PostgreSQL server (postgres_url)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -89,3 +93,58 @@ def _deterministic():
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+# ------------------------------------------------------------------------------------ PostgreSQL
+# A throw-away server for multi-worker Optuna studies (tests/search/test_optuna_workers.py): Debian's
+# `postgresql` package (scripts/setup_env.sh installs it); initdb and pg_ctl run as an unprivileged user
+# (`nobody` when the tests run as root: PostgreSQL refuses root), listen on a Unix socket only (no TCP
+# port), and are stopped and deleted when the test ends. Without the binaries or the psycopg2 driver
+# the tests that need it skip, saying what to install.
+def postgres_bindir() -> Path | None:
+    """The folder of initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which("initdb"), shutil.which("pg_ctl")
+    if all(found):
+        return Path(os.path.realpath(found[0])).parent
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if Path(d, "initdb").exists() and Path(d, "pg_ctl").exists():
+            return Path(d)
+    return None
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL server for this test; yields its SQLAlchemy URL (psycopg2, over a Unix socket)."""
+    pytest.importorskip("psycopg2", reason="psycopg2 missing: pip install 'ppa-gpt[search]'")
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (initdb, pg_ctl): scripts/setup_env.sh installs them "
+                    "(apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="ppa-pg-"))  # under /tmp: the server's user must reach it
+    demote = None
+    if os.geteuid() == 0:
+        import pwd
+        user = pwd.getpwnam("nobody")
+        os.chown(root, user.pw_uid, user.pw_gid)
+
+        def demote():
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+    root.chmod(0o755)
+    data, sock, log = root / "data", root / "sock", root / "server.log"
+
+    def run(*cmd):
+        r = subprocess.run([str(c) for c in cmd], cwd=root, preexec_fn=demote, capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "HOME": str(root), "LC_ALL": "C"})
+        assert r.returncode == 0, f"{' '.join(map(str, cmd))}: {r.stdout}{r.stderr}" + (
+            log.read_text() if log.exists() else "")
+
+    run("mkdir", sock)
+    run(bindir / "initdb", "-D", data, "-U", "optuna", "--auth=trust", "-E", "UTF8", "--no-sync")
+    run(bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o",
+        f"-c listen_addresses='' -k {sock} -c fsync=off -c max_connections=50", "start")
+    try:
+        yield f"postgresql+psycopg2://optuna@/postgres?host={sock}"
+    finally:
+        run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)

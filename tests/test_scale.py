@@ -196,3 +196,29 @@ def test_tensorboard_missing_is_one_clear_error(char_data, tmp_path, monkeypatch
     assert str(e.value) == ("--tensorboard needs the tensorboard package: pip install tensorboard "
                             "(or pip install 'ppa-gpt[tensorboard]'), or drop --tensorboard")
     assert not (tmp_path / "tb").exists()
+
+
+def test_tensorboard_hparams_hold_the_settings_and_final_numbers(char_data, tmp_path):
+    """The HParams plugin's records, read back from the event files: the run's settings and its final
+    summary numbers, so `tensorboard --logdir out/<sweep>` compares a sweep run by run."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    out = tmp_path / "tb"
+    summary = run(char_data, out, "--max_iters", "2", "--eval_interval", "2", "--n_layer", "1", "--tensorboard")
+    plugin = {}
+    for path in sorted((out / "tensorboard").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    plugin[value.tag] = data
+    start = plugin["_hparams_/session_start_info"].session_start_info
+    assert start.hparams["model/n_layer"].number_value == 1
+    assert start.hparams["train/max_iters"].number_value == 2
+    assert start.hparams["model/softmax_variant_attn"].string_value == "softmax"
+    metrics = {m.name.tag for m in plugin["_hparams_/experiment"].experiment.metric_infos}
+    assert {"summary/best_val_loss", "summary/num_params", "summary/tokens_per_s"} <= metrics
+    tags = scalars(out)
+    assert tags["summary/best_val_loss"] == [(2, pytest.approx(summary["best_val_loss"]))]
+    assert tags["summary/num_params"] == [(2, summary["num_params"])]

@@ -138,14 +138,16 @@ def test_holder_reads_the_first_note_of_shared_holders_that_wrote_together(tmp_p
     assert locks.holder(path) == {}
 
 
-def test_a_workers_trial_is_not_taken_for_stale_before_it_records_its_pid(monkeypatch):
+def test_a_workers_trial_is_never_taken_for_stale_before_it_records_its_pid():
     optuna = pytest.importorskip("optuna")
-    from optimization_and_search import optuna_search
+    from optimization_and_search import optuna_workers
     study = optuna.create_study()
     trial = study.ask()  # another worker's trial, the moment before its objective records the pid
-    assert optuna_search.recover_stale(study, log=lambda _: None) == []
-    monkeypatch.setattr(optuna_search, "PID_GRACE_S", 0.0)  # long after: its worker died before recording it
-    assert optuna_search.recover_stale(study, log=lambda _: None) == [trial.number]
+    assert optuna_workers.recover(study, grace_period=60, log=lambda _: None) == []
+    # however old: a worker whose owner cannot be checked is left alone (it was failed after 60 s, and its
+    # worker then crashed with "Cannot tell a FAIL trial")
+    assert optuna_workers.recover(study, grace_period=0, log=lambda _: None) == []
+    assert study.trials[trial.number].state == optuna.trial.TrialState.RUNNING
 
 
 # ------------------------------------------------------------------------------------ names

@@ -432,3 +432,58 @@ def test_in_process_evaluator_and_a_failing_run(char_data, tmp_path):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["seed"] == 5
     with pytest.raises(hs.RunFailed, match="block_size"):
         ev({**settings, "block_size": 50_000, "out_dir": str(tmp_path / "b")}, 5)
+
+
+# ------------------------------------------------------------------------------ concurrent runs
+def decisions(log: dict) -> list:
+    """Everything the search decided and measured, without the times."""
+    out = []
+    for step in log["steps"]:
+        cands = [{k: c.get(k) for k in ("name", "status", "objective", "objective_std", "cost", "improvement",
+                                        "added_cost", "efficiency", "verdict", "chosen", "reason")}
+                 | {"runs": [(r["seed"], r["status"], r.get("objective"), r.get("error")) for r in c.get("runs", [])]}
+                 for c in step["candidates"]]
+        out.append((step["index"], step["outcome"], step["chosen"], step["change"], step["baseline"].get("objective"),
+                    cands))
+    return out + [log["stop_reason"], log["final"]]
+
+
+def test_concurrent_runs_make_the_decisions_of_the_sequential_order(tmp_path):
+    """--jobs 4: a step's candidates x seeds run together and end in a scrambled order (each sleeps a
+    pseudo-random time), with one failing seed; the log's decisions equal those of --jobs 1."""
+    import random
+    import threading
+    import time as _time
+
+    def make(record_order):
+        lock = threading.Lock()
+
+        def evaluate(settings, seed):
+            key = (settings["n_layer"], settings["n_embd"], seed)
+            _time.sleep(random.Random(hash(key) % 1000).uniform(0.0, 0.05))
+            with lock:
+                record_order.append(key)
+            if settings["n_embd"] == 96 and seed == 2:
+                raise RuntimeError("out of memory")
+            return {"objective": 10.0 / settings["n_layer"] + 64.0 / settings["n_embd"] + 0.01 * seed,
+                    "cost": settings["n_layer"] * settings["n_embd"]}
+        return evaluate
+
+    kw = dict(params={"n_layer": 1, "n_embd": 32}, multiples=2, steps=3, seeds=[1, 2, 3])
+    order1, order4 = [], []
+    one = search(tmp_path / "one", make(order1), **kw)
+    four = hs.run_search(make_spec(tmp_path / "four", jobs=4, **kw), make(order4), console=quiet())
+    assert decisions(four) == decisions(one)
+    assert sorted(order4) == sorted(order1) and order4 != order1  # the same runs, ended in another order
+    assert one["steps"][0]["chosen"] is not None
+
+
+def test_jobs_and_the_executor_flags_are_checked(tmp_path):
+    with pytest.raises(UserError, match="--jobs must be a whole number of at least 1"):
+        hs.validate_spec(make_spec(tmp_path, jobs=0))
+    with pytest.raises(UserError, match="--in_process trains one run at a time"):
+        hs.main(["--preset", "debug", "--param", "n_layer", "1", "--in_process", "--jobs", "2",
+                 "--log", str(tmp_path / "l.yaml"), "--out_root", str(tmp_path / "o")])
+    with pytest.raises(UserError, match="--partition only apply to --executor submitit"):
+        hs.main(["--preset", "debug", "--param", "n_layer", "1", "--partition", "gpu",
+                 "--log", str(tmp_path / "l.yaml"), "--out_root", str(tmp_path / "o")])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -287,9 +289,11 @@ def test_failed_trial_is_logged_and_killed_trial_is_redone(char_data, tmp_path):
     dead.wait()
     trial = study.ask({"n_embd": optuna.distributions.CategoricalDistribution([33, 32])})
     trial.set_user_attr("pid", dead.pid)
-    trial.set_user_attr("host", osearch.socket.gethostname())
+    trial.set_user_attr("host", socket.gethostname())
     study.enqueue_trial({"n_embd": 33})
-    res = run_search(tmp_path, space, "--n_trials", "2", "--storage", storage, "--study_name", "kill")
+    time.sleep(1.1)  # older than the grace period
+    res = run_search(tmp_path, space, "--n_trials", "2", "--storage", storage, "--study_name", "kill",
+                     "--grace_period", "1", "--heartbeat_interval", "0")
     docs = {d["name"]: d for d in load_log(res["log"])}
     killed_params = docs["trial_0"]["optuna"]["params"]
     assert docs["trial_0"]["status"] == "interrupted" and docs["trial_0"]["exit_code"] is None

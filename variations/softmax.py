@@ -93,7 +93,7 @@ def consmax_gamma_init(config) -> float:
     return _positive(config, "consmax_gamma_init")
 
 
-def _prepare(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_scores(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, keep): s = the scores in fp32 (fp64 for fp64 input) with 0 at dropped positions, so no
     formula sees -inf or produces NaN there (not even in gradients); keep = mask & (x != -inf)."""
     keep = ~torch.isneginf(x)
@@ -103,7 +103,7 @@ def _prepare(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, 
     return s, keep
 
 
-def _finish(y: torch.Tensor, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def finish_weights(y: torch.Tensor, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Exact zeros at dropped positions; clamp to the dtype's finite range; cast back."""
     y = y.masked_fill(~keep, 0.0)
     if torch.finfo(dtype).max < torch.finfo(y.dtype).max:  # fp16 tops out at 65504
@@ -121,7 +121,7 @@ def _masked_softmax(z: torch.Tensor, keep: torch.Tensor, quant=None, exp=torch.e
     big = torch.finfo(z.dtype).max  # scaled huge scores may round to +-inf: keep them finite
     z = z.clamp(-big, big).masked_fill(~keep, float("-inf")).masked_fill(empty, 0.0)  # no all -inf row: no NaN
     if quant is None:
-        return torch.softmax(z, dim=-1)  # _finish zeroes the dropped positions and the empty rows
+        return torch.softmax(z, dim=-1)  # finish_weights zeroes the dropped positions and the empty rows
     shift = z.detach().amax(dim=-1, keepdim=True)  # a constant shift of the formula (finite: no empty row)
     e = exp(quant("exp_input", (z - shift).masked_fill(~keep, 0.0), keep)).masked_fill(~keep, 0.0)
     e = quant("numerator", e, keep)
@@ -203,8 +203,8 @@ class Softmax(Normalizer):
         super().__init__()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s, keep = _prepare(x, mask)
-        return _finish(_masked_softmax(s, keep, self.quant), keep, x.dtype)
+        s, keep = prepare_scores(x, mask)
+        return finish_weights(_masked_softmax(s, keep, self.quant), keep, x.dtype)
 
     def kernel_spec(self, x):
         return "scaled_softmax", _spec(x, 1.0)
@@ -232,8 +232,8 @@ class Strongermax(Normalizer):
             raise UserError(f"--strongermax_base must be greater than 1 (2 or e are usual), got {self.base}")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s, keep = _prepare(x, mask)
-        return _finish(_masked_softmax(s * math.log(self.base), keep, self.quant), keep, x.dtype)
+        s, keep = prepare_scores(x, mask)
+        return finish_weights(_masked_softmax(s * math.log(self.base), keep, self.quant), keep, x.dtype)
 
     def kernel_spec(self, x):
         return "scaled_softmax", _spec(x, math.log(self.base))
@@ -262,9 +262,9 @@ class Softermax(Normalizer):
         self.block = int(config.softermax_block_size)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s, keep = _prepare(x, mask)
+        s, keep = prepare_scores(x, mask)
         if self.sites:  # quantised inside: the same function, 2^(x - max) / sum, step by step at the final max
-            return _finish(_masked_softmax(s, keep, self.q, exp=torch.exp2), keep, x.dtype)
+            return finish_weights(_masked_softmax(s, keep, self.q, exp=torch.exp2), keep, x.dtype)
         z = s.masked_fill(~keep, float("-inf"))              # (..., T_k); dropped keys give 2^-inf = 0
         running_max = z.new_full((*z.shape[:-1], 1), float("-inf"))  # (..., 1), no key seen yet
         total = z.new_zeros((*z.shape[:-1], 1))               # running sum of 2^(x - running_max)
@@ -284,7 +284,7 @@ class Softermax(Normalizer):
         # kept yet (their numerators are 0), where shift - final could be huge
         y = torch.cat([e * torch.exp2((m - final).clamp(max=0.0)) for e, m in zip(numerators, slice_max)], dim=-1)
         y = y / torch.where(total > 0, total, 1.0)            # a fully masked row stays 0
-        return _finish(y, keep, x.dtype)
+        return finish_weights(y, keep, x.dtype)
 
     def kernel_spec(self, x):
         # the kernel reads a row once (or tiles it with the same online max/sum rescaling)
@@ -314,8 +314,8 @@ class SigSoftmax(Normalizer):
         super().__init__()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s, keep = _prepare(x, mask)
-        return _finish(_masked_softmax(s + F.logsigmoid(s), keep, self.quant), keep, x.dtype)
+        s, keep = prepare_scores(x, mask)
+        return finish_weights(_masked_softmax(s + F.logsigmoid(s), keep, self.quant), keep, x.dtype)
 
     def kernel_spec(self, x):
         return "sigsoftmax", _spec(x)
@@ -347,10 +347,10 @@ class ConSmax(Normalizer):
         self.gamma = nn.Parameter(torch.tensor(consmax_gamma_init(config)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s, keep = _prepare(x, mask)
+        s, keep = prepare_scores(x, mask)
         z = self.q("exp_input", torch.clamp(s - self.beta, max=self.MAX_EXPONENT), keep)
         y = self.q("numerator", torch.exp(z), keep) / self.gamma
-        return _finish(y, keep, x.dtype)
+        return finish_weights(y, keep, x.dtype)
 
     def kernel_spec(self, x):
         return "consmax", _learned_spec(self.beta, self.gamma)
@@ -383,14 +383,14 @@ class ConSmaxV2(Normalizer):
         self.gamma = nn.Parameter(torch.full((config.n_head,), consmax_gamma_init(config)))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s, keep = _prepare(x, mask)
+        s, keep = prepare_scores(x, mask)
         if x.dim() >= 3 and x.size(-3) == self.n_head:
             beta, gamma = self.beta.view(-1, 1, 1), self.gamma.view(-1, 1, 1)  # (n_head, 1, 1)
         else:
             beta, gamma = self.beta.mean(), self.gamma.mean()
         z = self.q("exp_input", torch.clamp(s - beta, max=self.MAX_EXPONENT), keep)
         y = self.q("numerator", torch.exp(z), keep) / gamma
-        return _finish(y, keep, x.dtype)
+        return finish_weights(y, keep, x.dtype)
 
     def kernel_spec(self, x):
         if x.dim() >= 3 and x.size(-3) == self.n_head:  # one parameter row per head
@@ -423,12 +423,12 @@ class SaturatingConSmax(Normalizer):
         self.threshold = float(config.saturating_consmax_threshold)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s, keep = _prepare(x, mask)
+        s, keep = prepare_scores(x, mask)
         z = s - self.beta
         z_sat = self.q("exp_input", z.clamp(max=self.threshold), keep)
         # z <= s: exp(z) * 1;  z > s: exp(s) * (1 + z - s)
         y = self.q("numerator", torch.exp(z_sat) * (1.0 + (z - z_sat)), keep) / self.gamma
-        return _finish(y, keep, x.dtype)
+        return finish_weights(y, keep, x.dtype)
 
     def kernel_spec(self, x):
         return "saturating_consmax", _learned_spec(self.beta, self.gamma, self.threshold)
@@ -463,11 +463,11 @@ class Polymax(Normalizer):
         self.divisor = _positive(config, "polymax_divisor")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s, keep = _prepare(x, mask)
+        s, keep = prepare_scores(x, mask)
         linear = self.y0 * (s - self.x0) / (-self.x0)
         poly = s.clamp(min=0.0) ** self.power + self.y0  # clamp: no x^p of negative x in the unused branch
         y = torch.where(s < self.x0, 0.0, torch.where(s < 0, linear, poly)) / self.divisor
-        return _finish(y, keep, x.dtype)
+        return finish_weights(y, keep, x.dtype)
 
     def kernel_spec(self, x):
         return "polymax", _spec(x, self.x0, self.y0, self.power, self.divisor)
@@ -503,8 +503,8 @@ class _ActivationOverDivisor(Normalizer):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s, keep = _prepare(x, mask)
-        return _finish(self.activation(s) / self.divisor, keep, x.dtype)
+        s, keep = prepare_scores(x, mask)
+        return finish_weights(self.activation(s) / self.divisor, keep, x.dtype)
 
     def kernel_spec(self, x):
         # the kernel transform of the same name as the variant; slot 2 holds a shape constant

@@ -26,7 +26,8 @@ import torch
 from errors import UserError
 from variations.cost import Cost
 from variations.registry import knob, register
-from variations.softmax import CONSMAX_BETA, CONSMAX_GAMMA, Normalizer, consmax_gamma_init
+from variations.softmax import (CONSMAX_BETA, CONSMAX_GAMMA, Normalizer, consmax_gamma_init, finish_weights,
+                                prepare_scores)
 
 PWL_SEGMENTS = knob("pwl_segments", 16, "pwl_softmax, pwl_consmax: linear segments of the exponential's "
                     "approximation over [--pwl_exp_min, --pwl_exp_max]", minimum=1)
@@ -34,24 +35,6 @@ PWL_EXP_MIN = knob("pwl_exp_min", -8.0, "pwl_softmax, pwl_consmax: lower end of 
                    "(negative); below it e^z is taken as 0")
 PWL_EXP_MAX = knob("pwl_exp_max", 0.0, "pwl_softmax, pwl_consmax: upper end of the approximated exponent range; "
                    "above it the last segment continues as a line")
-
-
-def prepare_scores(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s, keep) as softmax.py's normalisers prepare them (softmax.py is at its length limit, so its
-    helper is not exported): s the scores in fp32 (fp64 for fp64) with 0 where dropped, keep = mask &
-    (x != -inf). tests/variations/test_softmax_pwl.py checks the two agree."""
-    keep = ~torch.isneginf(x)
-    if mask is not None:
-        keep = keep & mask
-    return x.to(torch.promote_types(x.dtype, torch.float32)).masked_fill(~keep, 0.0), keep
-
-
-def finish_weights(y: torch.Tensor, keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Exact zeros where dropped, clamped to the dtype's finite range, cast back (as softmax.py's)."""
-    y = y.masked_fill(~keep, 0.0)
-    if torch.finfo(dtype).max < torch.finfo(y.dtype).max:  # fp16 tops out at 65504
-        y = y.clamp(max=torch.finfo(dtype).max)
-    return y.to(dtype)
 
 
 def check_range(config) -> tuple[float, float, int]:

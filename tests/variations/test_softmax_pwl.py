@@ -13,7 +13,8 @@ from model import GPT
 from variations import kernels
 from variations.attention import causal_mask
 from variations.registry import create
-from variations.softmax_pwl import finish_weights, prepare_scores, pwl_error_bound, pwl_exp, pwl_nodes
+from variations.softmax import finish_weights, prepare_scores
+from variations.softmax_pwl import pwl_error_bound, pwl_exp, pwl_nodes
 
 from conftest import tiny_config
 
@@ -111,9 +112,8 @@ def test_dispatcher_runs_pwl_softmax_as_torch_and_says_so():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_score_helpers_follow_softmax_py_conventions(dtype):
-    """prepare_scores / finish_weights (copies of softmax.py's helpers, which that file cannot export
-    within its length limit): fp32 math (fp64 for fp64), -inf and masked keys dropped with exact
-    zeros, results clamped to the dtype's finite range."""
+    """prepare_scores / finish_weights (softmax.py's helpers, which every normaliser shares): fp32 math
+    (fp64 for fp64), -inf and masked keys dropped with exact zeros, results clamped to the dtype's finite range."""
     x = (torch.randn(2, 3, 5, 5) * 10).to(dtype)
     x[0, 0, 4, 2] = float("-inf")
     mask = causal_mask(5, 5, "cpu")

@@ -92,6 +92,26 @@ def _split_heads(attn: nn.Module, x: torch.Tensor):
     return q, k, v
 
 
+def build_normaliser(module: nn.Module, config) -> None:
+    """The attention normaliser and what hangs on it, shared by every attention that scores q.k (causal,
+    MLA): module.softmax; its activation sites module.aq (variations/act_quant.py; attn_input is the
+    block's, read for cost()) with a one-line refusal of a site the normaliser lacks; module.input_bits;
+    module.hardware (--softmax_hw_bits: the forward pass is the hardware unit's integers,
+    hardware/forward.py); module.quantised_inside (what forces the step-by-step path)."""
+    module.softmax = create("softmax", config.softmax_variant_attn, config)
+    module.aq = ActSites(config, ("q", "k", "v", "scores", *module.softmax.SITES, "probs", "attn_output"))
+    unsupported = [s for s in ("exp_input", "numerator", "denominator") if config.act_bits(s)
+                   and s not in module.softmax.SITES]
+    if unsupported:
+        raise UserError(f"--act_bits_{unsupported[0]}: the normaliser '{config.softmax_variant_attn}' has no "
+                        f"{unsupported[0]} (its sites: {', '.join(module.softmax.SITES) or 'none'}); unset it, or "
+                        "give 0 for this layer in a per-layer list")
+    module.softmax.sites = {s: module.aq.quant[s] for s in module.aq.active(module.softmax.SITES)}
+    module.input_bits = config.act_bits("attn_input")
+    module.hardware = attach_hardware(module.softmax, config)
+    module.quantised_inside = module.aq.active(INSIDE_ATTENTION) + (["softmax_hw"] if module.hardware else [])
+
+
 def _qkv_projections(config):
     """q, k, v in one matmul (n_head query heads, n_kv_head key and value heads), and the output."""
     hs = config.head_dim
@@ -167,20 +187,7 @@ class CausalSelfAttention(Attention):
         self.c_attn, self.c_proj = _qkv_projections(config)
         self.q_norm = HeadRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = HeadRMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
-        self.softmax = create("softmax", config.softmax_variant_attn, config)
-        # activation quantisation (variations/act_quant.py); attn_input is the block's, read for cost()
-        self.aq = ActSites(config, ("q", "k", "v", "scores", *self.softmax.SITES, "probs", "attn_output"))
-        unsupported = [s for s in ("exp_input", "numerator", "denominator") if config.act_bits(s)
-                       and s not in self.softmax.SITES]
-        if unsupported:
-            raise UserError(f"--act_bits_{unsupported[0]}: the normaliser '{config.softmax_variant_attn}' has no "
-                            f"{unsupported[0]} (its sites: {', '.join(self.softmax.SITES) or 'none'}); unset it, or "
-                            "give 0 for this layer in a per-layer list")
-        self.softmax.sites = {s: self.aq.quant[s] for s in self.aq.active(self.softmax.SITES)}
-        self.input_bits = config.act_bits("attn_input")
-        # --softmax_hw_bits: the normaliser's forward pass is its hardware unit's integers (hardware/forward.py)
-        self.hardware = attach_hardware(self.softmax, config)
-        self.quantised_inside = self.aq.active(INSIDE_ATTENTION) + (["softmax_hw"] if self.hardware else [])
+        build_normaliser(self, config)
         self.use_sdpa = self.softmax.sdpa_compatible and self.softcap is None and not self.quantised_inside
         self.uses_softmax_kernel = not self.use_sdpa
         # --softmax_kernel: Triton kernels for the explicit path; elementwise normalisers without a

@@ -14,10 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from errors import UserError
 from variations import kernels
-from variations.act_quant import INSIDE_ATTENTION, ActSites
-from variations.attention import Attention, KVCache, causal_mask
+from variations.attention import Attention, KVCache, build_normaliser, causal_mask
 from variations.cost import DEFAULT, Cost, mac_format
 from variations.norm import NORM_EPS
 from variations.registry import create, get, knob, register
@@ -91,17 +89,7 @@ class MultiHeadLatentAttention(Attention):
         self.kv_norm = _rms_weight(self.kv_rank)
         self.kv_up = create("linear", site, config, self.kv_rank, 2 * nh * hs, config.bias)  # k_nope and v per head
         self.c_proj = create("linear", config.linear_for("attn_proj"), config, nh * hs, config.n_embd, config.bias)
-        self.softmax = create("softmax", config.softmax_variant_attn, config)
-        self.aq = ActSites(config, ("q", "k", "v", "scores", *self.softmax.SITES, "probs", "attn_output"))
-        unsupported = [s for s in ("exp_input", "numerator", "denominator") if config.act_bits(s)
-                       and s not in self.softmax.SITES]
-        if unsupported:
-            raise UserError(f"--act_bits_{unsupported[0]}: the normaliser '{config.softmax_variant_attn}' has no "
-                            f"{unsupported[0]} (its sites: {', '.join(self.softmax.SITES) or 'none'}); unset it, or "
-                            "give 0 for this layer in a per-layer list")
-        self.softmax.sites = {s: self.aq.quant[s] for s in self.aq.active(self.softmax.SITES)}
-        self.input_bits = config.act_bits("attn_input")
-        self.quantised_inside = self.aq.active(INSIDE_ATTENTION)
+        build_normaliser(self, config)  # softmax, its activation sites, --softmax_hw_bits
         self.use_sdpa = self.softmax.sdpa_compatible and not self.quantised_inside
         self.uses_softmax_kernel = not self.use_sdpa
         self.kernel = config.softmax_kernel if kernels.has_kernel(self.softmax) else "torch"  # else the module

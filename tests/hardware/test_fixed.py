@@ -140,3 +140,14 @@ def test_a_tiny_run_through_the_fixed_point_unit_lowers_its_loss(char_data, tmp_
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
     assert json.loads((out / "config.json").read_text())["model"]["softmax_hw_bits"] == 12
     assert summary["status"] == "completed"
+
+
+@pytest.mark.parametrize("attention", ["causal", "mla"])
+def test_every_scoring_attention_runs_its_normaliser_through_the_unit(attention):
+    """--softmax_hw_bits reaches each attention that scores q.k (variations/attention.build_normaliser),
+    MLA included: the unit is attached and SDPA / the Triton kernels give way to it."""
+    from model import GPT
+    model = GPT(tiny_config(attention_variant=attention, softmax_variant_attn="softmax", softmax_hw_bits=8))
+    for block in model.transformer.h:
+        assert block.attn.hardware is not None and "softmax_hw" in block.attn.quantised_inside
+        assert not block.attn.use_sdpa
